@@ -1,0 +1,5 @@
+import sys
+
+from imprag.cli import main
+
+sys.exit(main())

@@ -1,0 +1,60 @@
+"""The `imprag` command: one subcommand per module in imprag/commands, imported only when used."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from imprag.errors import UserError
+
+# name -> (module under imprag.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "pull": ("pull", "fetch real weights (SmolLM2-135M) as a Hugging Face folder"),
+    "index": ("index", "embed a JSONL corpus with the bottom layers and build a FAISS index"),
+    "search": ("search", "show the passages the model's implicit query retrieves"),
+    "mine": ("mine", "mine pseudo-label candidates with BM25 or a dense retriever"),
+    "train": ("train", "train retrieval (warmup + self-distillation) and generation"),
+    "eval": ("eval", "evaluate a method on a task; writes predictions, metrics and a table"),
+    "score": ("score", "score any KILT-format prediction file against gold"),
+    "report": ("report", "combine eval runs into a Table-2-shaped markdown table and chart"),
+    "ask": ("ask", "answer a prompt with implicitly retrieved passages"),
+    "serve": ("serve", "OpenAI-compatible HTTP server with retrieval"),
+    "world": ("world", "generate a synthetic knowledge world (passages + tasks)"),
+    "demo": ("demo", "the end-to-end miniature of the paper's experiment"),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = [f"  {n.ljust(width)}  {h}" for n, (_, h) in COMMANDS.items()]
+    return "usage: imprag COMMAND [options]\n\ncommands:\n" + "\n".join(lines) + "\n\n`imprag COMMAND --help` for options."
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"imprag: unknown command {name!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"imprag.commands.{COMMANDS[name][0]}")
+    parser = argparse.ArgumentParser(prog=f"imprag {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except UserError as e:
+        print(f"imprag {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"imprag {name}: interrupted; finished work is kept, run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
