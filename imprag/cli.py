@@ -29,7 +29,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
     lines = [f"  {n.ljust(width)}  {h}" for n, (_, h) in COMMANDS.items()]
-    return "usage: imprag COMMAND [options]\n\ncommands:\n" + "\n".join(lines) + "\n\n`imprag COMMAND --help` for options."
+    return (
+        "usage: imprag COMMAND [options]\n\ncommands:\n"
+        + "\n".join(lines)
+        + "\n\n`imprag COMMAND --help` for options."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"imprag {name}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"imprag {name}: interrupted; finished work is kept, run the same command to resume", file=sys.stderr)
+        print(
+            f"imprag {name}: interrupted; finished work is kept, run the same command to resume",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -4,11 +4,18 @@ so nothing needs a download."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
 
 SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
 
@@ -20,7 +27,9 @@ _DEFAULT_TEXT = (
 )
 
 
-def build_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 512, add_bos: bool = True) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    texts: Iterable[str] | None = None, vocab_size: int = 512, add_bos: bool = True
+) -> PreTrainedTokenizerFast:
     """Byte-level BPE trained on `texts`; prepends BOS like Llama's tokenizer when `add_bos`."""
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -37,7 +46,12 @@ def build_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 512, a
         tok.post_processor = processors.TemplateProcessing(
             single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
         )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
+    # Round-trip through disk: AutoTokenizer re-creates the tokenizer with its own pre-tokenizer settings,
+    # and the in-memory tokenizer must be exactly the one a saved model folder will load.
+    with tempfile.TemporaryDirectory() as tmp:
+        fast.save_pretrained(tmp)
+        return AutoTokenizer.from_pretrained(tmp)
 
 
 # Per-architecture extras that make a tiny config exercise what real checkpoints have.
@@ -79,7 +93,9 @@ def tiny_config(
     return AutoConfig.for_model(arch, **kwargs)
 
 
-def tiny_model(arch: str = "llama", tokenizer: PreTrainedTokenizerFast | None = None, seed: int = 0, **config) -> PreTrainedModel:
+def tiny_model(
+    arch: str = "llama", tokenizer: PreTrainedTokenizerFast | None = None, seed: int = 0, **config
+) -> PreTrainedModel:
     import torch
 
     tokenizer = tokenizer or build_tokenizer()
@@ -96,7 +112,9 @@ def tiny_model(arch: str = "llama", tokenizer: PreTrainedTokenizerFast | None = 
     return model.float().eval()
 
 
-def save_tiny(out_dir: str | Path, arch: str = "llama", texts: Iterable[str] | None = None, seed: int = 0, **config) -> Path:
+def save_tiny(
+    out_dir: str | Path, arch: str = "llama", texts: Iterable[str] | None = None, seed: int = 0, **config
+) -> Path:
     """Write a tokenizer + random tiny model as a normal Hugging Face folder."""
     out = Path(out_dir)
     tok = build_tokenizer(texts)

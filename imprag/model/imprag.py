@@ -1,0 +1,475 @@
+"""ImpRAG over an untouched Hugging Face decoder: the layer-group loop, retrieval vectors and the reader.
+
+Layers 0..b-1 are plain causal self-attention; layer b's query state (prompt's last token, averaged over
+each GQA group) and key state (passage's last token) are the retrieval vectors; layers b..t also attend to
+the passages' key/value; layers t+1..N-1 see only the prompt/response. Shapes: B batch, T tokens,
+H hidden size, h_q/h_k query/key heads, d head size, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from imprag.errors import UserError
+from imprag.model.arch import ArchSpec, get, rotary_fn, spec_for
+from imprag.model.config import ImpRAGConfig
+from imprag.model.layer_groups import LayerKV, attention_mask_4d, last_token_index, positions_from_mask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PassageInputs:
+    """Token ids of the passages read with a batch of prompts.
+
+    concat:      input_ids (B, L), row i = prompt i's passages one after another (right-padded).
+    independent: input_ids (B * n, l), row i*n + j = passage j of prompt i (empty rows are all padding).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    mode: str
+    per_prompt: int  # n: passage slots per prompt (independent mode)
+
+    def to(self, device) -> PassageInputs:
+        return PassageInputs(
+            self.input_ids.to(device), self.attention_mask.to(device), self.mode, self.per_prompt
+        )
+
+
+@dataclass
+class ImpRAGOutput:
+    logits: torch.Tensor  # (B, T, V)
+    query_vectors: torch.Tensor | None  # (B, h_k * d) when query_positions were given
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None  # "stop" | "length" | None while running
+    prompt_tokens: int
+
+
+class ImpRAG:
+    def __init__(self, lm, tokenizer, config: ImpRAGConfig):
+        impl = lm.config._attn_implementation
+        if impl not in ("sdpa", "eager"):
+            lm.set_attn_implementation("sdpa")  # the layer loop passes 4-D masks, which flash kernels refuse
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.spec: ArchSpec = spec_for(lm.config.model_type)
+        self.layers = get(lm, self.spec.layers)
+        self.config = config.validate(len(self.layers))
+        self.gradient_checkpointing = False
+        self._apply_rotary = rotary_fn(lm)
+        c = lm.config
+        self.num_heads = c.num_attention_heads
+        self.num_kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------------ loading / saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        b: int | None = None,
+        t: int | None = None,
+        k: int | None = None,
+        l_max: int | None = None,
+        state: str | None = None,
+        reader: str | None = None,
+        dtype: torch.dtype | str | None = None,
+        device: str | torch.device | None = None,
+        gguf_file: str | None = None,
+    ) -> ImpRAG:
+        """Any HF folder or hub id, or a `.gguf` file; an `imprag.json` in the folder restores b, t, k, ..."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(path)
+        source = str(path)
+        if path.suffix == ".gguf":
+            if not path.exists():
+                raise UserError(f"{path}: GGUF file not found")
+            source, gguf_file = str(path.parent), path.name
+        elif not path.exists() and (
+            str(path).startswith((".", "/")) or path.parent.exists() and path.parent != Path(".")
+        ):
+            raise UserError(
+                f"{path}: model folder not found (build one with `imprag pull smollm2 --out DIR`)"
+            )
+        if isinstance(dtype, str):
+            dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        try:
+            lm = AutoModelForCausalLM.from_pretrained(
+                source, gguf_file=gguf_file, dtype=dtype or torch.float32, attn_implementation="sdpa"
+            )
+            tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{source}: cannot load a Hugging Face causal LM ({first})") from None
+        spec_for(lm.config.model_type)  # refuse unsupported architectures before anything else
+        if device is not None:
+            lm.to(device)
+        lm.eval()
+        saved = ImpRAGConfig.load(path) if path.is_dir() else None
+        overrides = {"b": b, "t": t, "k": k, "l_max": l_max, "state": state, "reader": reader}
+        if saved is not None:
+            for name, value in overrides.items():
+                if value is not None:
+                    setattr(saved, name, value)
+            config = saved
+        else:
+            config = ImpRAGConfig.default_for(lm.config.num_hidden_layers, **overrides)
+        return cls(lm, tokenizer, config)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        self.lm.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        self.config.save(directory)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.lm.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.lm.parameters()).dtype
+
+    @property
+    def dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def fingerprint(self) -> str:
+        """sha256 of everything that produces passage vectors: embeddings, layers 0..b-1, layer b's input
+        norm and key projection, plus b and the state choice. Computed in fp32, so dtype casts that keep the
+        weights exact (bf16 -> fp32) keep the fingerprint."""
+        h = hashlib.sha256()
+        cfg = self.config
+        h.update(f"{self.lm.config.model_type}|b={cfg.b}|state={cfg.state}|l_max={cfg.l_max}".encode())
+        if cfg.state == "post_rope":
+            h.update(repr(getattr(self.lm.config, "rope_parameters", None)).encode())
+        layer_b = self.layers[cfg.b]
+        attn = get(layer_b, self.spec.attn)
+        modules = [get(self.lm, self.spec.embed), *self.layers[: cfg.b], get(layer_b, self.spec.input_norm)]
+        modules.append(get(attn, self.spec.k_proj))
+        if self.spec.k_norm:
+            modules.append(get(attn, self.spec.k_norm))
+        for module in modules:
+            for name, tensor in module.state_dict().items():
+                h.update(name.encode())
+                h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    # ------------------------------------------------------------------ tokenization
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids with the tokenizer's own defaults (its BOS policy). Empty text -> [BOS or EOS]."""
+        ids = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+        fallback = (
+            self.tokenizer.bos_token_id
+            if self.tokenizer.bos_token_id is not None
+            else self.tokenizer.eos_token_id
+        )
+        return [list(x) if len(x) else [fallback] for x in ids]
+
+    def _warn_once(self, key: str, message: str, *args) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
+
+    def _truncate_passage(self, ids: list[int], limit: int) -> list[int]:
+        if len(ids) > limit:
+            self._warn_once(
+                "l_max", "passages longer than l_max=%d tokens are truncated to their first tokens", limit
+            )
+            return ids[:limit]
+        return ids
+
+    def _truncate_prompt(self, ids: list[int], limit: int) -> list[int]:
+        """Keep the prompt's end (instruction end + last token) and its first special token, drop the middle."""
+        if len(ids) <= limit:
+            return ids
+        self._warn_once(
+            "prompt",
+            "a prompt of %d tokens exceeds the %d-token window; its start was truncated",
+            len(ids),
+            limit,
+        )
+        bos = self.tokenizer.bos_token_id
+        head = [ids[0]] if bos is not None and ids[0] == bos else []
+        return head + ids[len(ids) - (limit - len(head)) :]
+
+    def _pad(self, seqs: list[list[int]], side: str) -> tuple[torch.Tensor, torch.Tensor]:
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = self.tokenizer.eos_token_id or 0
+        width = max(1, max((len(s) for s in seqs), default=1))
+        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            if not s:
+                continue
+            sl = slice(width - len(s), width) if side == "left" else slice(0, len(s))
+            ids[i, sl] = torch.tensor(s, dtype=torch.long)
+            mask[i, sl] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def prompt_window(self, with_passages: bool, max_new_tokens: int = 0) -> int:
+        """Tokens a prompt may have: the context window minus the passage offset and the answer budget."""
+        ctx = getattr(self.lm.config, "max_position_embeddings", None) or 1 << 30
+        offset = self.config.prompt_offset if with_passages else 0
+        return max(1, ctx - offset - max_new_tokens)
+
+    def encode_prompts(
+        self, prompts: list[str], side: str = "left", with_passages: bool = False, max_new_tokens: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        limit = self.prompt_window(with_passages, max_new_tokens)
+        return self._pad([self._truncate_prompt(x, limit) for x in self._tokenize(prompts)], side)
+
+    def tokenize_passages(self, passages: list[list[str]], mode: str | None = None) -> PassageInputs:
+        """Passages per prompt (each at most k, each cut to l_max tokens) -> PassageInputs."""
+        mode = mode or self.config.reader
+        cfg = self.config
+        if any(len(p) > cfg.k for p in passages):
+            n = max(len(p) for p in passages)
+            raise UserError(
+                f"{n} passages given for one prompt but the model reads at most k={cfg.k} (pass -k {n} or fewer passages)"
+            )
+        per_prompt = [
+            [self._truncate_passage(ids, cfg.l_max) for ids in self._tokenize(p)] if p else []
+            for p in passages
+        ]
+        if mode == "concat":
+            ids, mask = self._pad([[tok for ids in p for tok in ids] for p in per_prompt], "right")
+            return PassageInputs(ids, mask, "concat", max((len(p) for p in per_prompt), default=0))
+        n = max(1, max((len(p) for p in per_prompt), default=1))
+        rows = [p[j] if j < len(p) else [] for p in per_prompt for j in range(n)]
+        ids, mask = self._pad(rows, "right")
+        return PassageInputs(ids, mask, "independent", n)
+
+    # ------------------------------------------------------------------ the layer loop
+    def _run_layer(self, i: int, hidden, mask, position_embeddings, cache: LayerKV | None):
+        layer = self.layers[i]
+        kwargs = {
+            "attention_mask": mask,
+            "position_embeddings": position_embeddings,
+            "cache": cache,
+            "use_cache": cache is not None,
+        }
+        if self.gradient_checkpointing and torch.is_grad_enabled() and self.lm.training:
+            return checkpoint(lambda h: layer(h, **kwargs), hidden, use_reentrant=False)
+        return layer(hidden, **kwargs)
+
+    def _rope(self, hidden, position_ids):
+        return get(self.lm, self.spec.rotary)(hidden, position_ids)
+
+    def _retrieval_state(self, hidden_b, positions, kind: str) -> torch.Tensor:
+        """Layer b's query ("q") or key ("k") state of selected tokens.
+
+        hidden_b (B, H): the selected tokens' input to layer b; positions (B,): their position ids.
+        Returns (B, h_k * d): keys as they are, queries averaged over each GQA group (query head j belongs to
+        key head j // g, as in HF's repeat_kv).
+        """
+        layer = self.layers[self.config.b]
+        attn = get(layer, self.spec.attn)
+        x = get(layer, self.spec.input_norm)(hidden_b)
+        heads = self.num_heads if kind == "q" else self.num_kv_heads
+        proj = get(attn, self.spec.q_proj if kind == "q" else self.spec.k_proj)
+        s = proj(x).view(x.shape[0], heads, self.head_dim)  # (B, heads, d)
+        norm_name = self.spec.q_norm if kind == "q" else self.spec.k_norm
+        if norm_name:
+            s = get(attn, norm_name)(s)
+        if self.config.state == "post_rope":
+            cos, sin = self._rope(x[:, None], positions[:, None])  # (B, 1, d)
+            s4 = s[:, :, None, :]  # (B, heads, 1, d)
+            s = self._apply_rotary(s4, s4, cos, sin)[0][:, :, 0, :]
+        if kind == "q":
+            g = self.num_heads // self.num_kv_heads
+            s = s.view(s.shape[0], self.num_kv_heads, g, self.head_dim).mean(2)
+        return s.reshape(s.shape[0], -1)
+
+    def _bottom(self, input_ids, attention_mask, offset: int):
+        """Layers 0..b-1 over whole sequences (no cache). Returns (hidden at layer b's input (B,T,H), positions)."""
+        positions = positions_from_mask(attention_mask, offset)
+        hidden = get(self.lm, self.spec.embed)(input_ids)
+        pe = self._rope(hidden, positions)
+        mask = attention_mask_4d(attention_mask.bool(), input_ids.shape[1], None, hidden.dtype)
+        for i in range(self.config.b):
+            hidden = self._run_layer(i, hidden, mask, pe, None)
+        return hidden, positions
+
+    def query_vectors(self, input_ids, attention_mask, token_index=None) -> torch.Tensor:
+        """(B, h_k*d) with autograd: layer b's query state at `token_index` (default: each row's last token)."""
+        offset = self.config.prompt_offset if self.config.state == "post_rope" else 0
+        hidden, positions = self._bottom(input_ids, attention_mask, offset)
+        idx = last_token_index(attention_mask) if token_index is None else token_index
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return self._retrieval_state(hidden[rows, idx], positions[rows, idx], "q")
+
+    def passage_vectors(self, input_ids, attention_mask) -> torch.Tensor:
+        """(B, h_k*d) with autograd: layer b's key state of each passage's last token."""
+        hidden, positions = self._bottom(input_ids, attention_mask, 0)
+        idx = last_token_index(attention_mask)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return self._retrieval_state(hidden[rows, idx], positions[rows, idx], "k")
+
+    def encode_passages(self, passages: PassageInputs):
+        """Run passages through layers 0..t. Returns ({layer: (K, V) (B, h_k, P, d)} for b..t, valid (B, P))."""
+        ids, mask = passages.input_ids, passages.attention_mask
+        positions = positions_from_mask(mask)
+        hidden = get(self.lm, self.spec.embed)(ids)
+        pe = self._rope(hidden, positions)
+        attn_mask = attention_mask_4d(mask.bool(), ids.shape[1], None, hidden.dtype)
+        recorder = LayerKV(mode="record")
+        for i in range(self.config.t + 1):
+            hidden = self._run_layer(i, hidden, attn_mask, pe, recorder)
+        valid = mask.bool()
+        prefix = {i: recorder.kv[i] for i in range(self.config.b, self.config.t + 1)}
+        if passages.mode == "independent":  # (B*n, h_k, l, d) -> (B, h_k, n*l, d)
+            n = passages.per_prompt
+            B = ids.shape[0] // n
+            for i, (k, v) in prefix.items():
+                h, length, d = k.shape[1:]
+                prefix[i] = tuple(
+                    x.view(B, n, h, length, d).transpose(1, 2).reshape(B, h, n * length, d) for x in (k, v)
+                )
+            valid = valid.view(B, n * ids.shape[1])
+        return prefix, valid
+
+    def _prompt_layers(self, hidden, key_valid, position_ids, cache: LayerKV, prefix_valid, query_index=None):
+        """All N layers over new prompt tokens. Middle layers b..t see the passage prefix held in `cache`.
+
+        hidden (B, T, H); key_valid (B, S) for the S sequence keys incl. these T; position_ids (B, T).
+        Returns (final hidden (B, T, H), query vectors (B, h_k*d) if query_index is given).
+        """
+        T = hidden.shape[1]
+        pe = self._rope(hidden, position_ids)
+        self_mask = attention_mask_4d(key_valid, T, None, hidden.dtype)
+        mid_mask = (
+            self_mask if prefix_valid is None else attention_mask_4d(key_valid, T, prefix_valid, hidden.dtype)
+        )
+        b, t = self.config.b, self.config.t
+        qvec = None
+        for i in range(self.num_layers):
+            if i == b and query_index is not None:
+                rows = torch.arange(hidden.shape[0], device=hidden.device)
+                qvec = self._retrieval_state(hidden[rows, query_index], position_ids[rows, query_index], "q")
+            hidden = self._run_layer(i, hidden, mid_mask if b <= i <= t else self_mask, pe, cache)
+        return get(self.lm, self.spec.final_norm)(hidden), qvec
+
+    def forward(
+        self, input_ids, attention_mask, passages: PassageInputs | None = None, query_index=None
+    ) -> ImpRAGOutput:
+        """Training/scoring forward over prompt(+response) tokens (B, T) with optional passages.
+
+        With passages the sequence's positions start at k * l_max; `query_index` (B,) picks the token whose
+        layer-b query state is returned (the prompt's last token).
+        """
+        prefix, prefix_valid, offset = {}, None, 0
+        if passages is not None:
+            prefix, prefix_valid = self.encode_passages(passages)
+            offset = self.config.prompt_offset
+        position_ids = positions_from_mask(attention_mask, offset)
+        hidden = get(self.lm, self.spec.embed)(input_ids)
+        hidden, qvec = self._prompt_layers(
+            hidden, attention_mask.bool(), position_ids, LayerKV(prefix, "read"), prefix_valid, query_index
+        )
+        return ImpRAGOutput(get(self.lm, self.spec.head)(hidden), qvec)
+
+    __call__ = forward
+
+    # ------------------------------------------------------------------ inference API
+    @torch.no_grad()
+    def embed_queries(self, prompts: list[str], batch_size: int = 32) -> torch.Tensor:
+        """(B, h_k*d) float32 on CPU: the implicit query of each prompt."""
+        out = []
+        for s in range(0, len(prompts), batch_size):
+            ids, mask = self.encode_prompts(prompts[s : s + batch_size], side="left", with_passages=True)
+            out.append(self.query_vectors(ids, mask).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.dim)
+
+    @torch.no_grad()
+    def embed_passages(
+        self, texts: list[str], batch_size: int = 32, max_length: int | None = None
+    ) -> torch.Tensor:
+        """(B, h_k*d) float32 on CPU: layer b's key state of each passage's last token (first l_max tokens).
+        Runs only layers 0..b-1 plus layer b's input norm and key projection."""
+        limit = max_length or self.config.l_max
+        out = []
+        for s in range(0, len(texts), batch_size):
+            seqs = [self._truncate_passage(x, limit) for x in self._tokenize(texts[s : s + batch_size])]
+            ids, mask = self._pad(seqs, "right")
+            out.append(self.passage_vectors(ids, mask).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.dim)
+
+    def generate(
+        self, prompts: list[str], passages: list[list[str]] | None = None, **kwargs
+    ) -> list[Generation]:
+        final: list[Generation] = [Generation("", [], None, 0) for _ in prompts]
+        for final in self.generate_stream(prompts, passages, **kwargs):
+            pass
+        return final
+
+    @torch.no_grad()
+    def generate_stream(
+        self,
+        prompts: list[str],
+        passages: list[list[str]] | None = None,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop: list[str] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[list[Generation]]:
+        """Batched decoding (left padding) with the passage key/value cached in layers b..t only.
+
+        Yields every row's state after each step; `passages=None` behaves like the plain model.
+        """
+        from imprag.model.decoding import Decoder
+
+        if not prompts:
+            return
+        if passages is not None and len(passages) != len(prompts):
+            raise UserError(
+                f"{len(passages)} passage lists for {len(prompts)} prompts: give one list per prompt"
+            )
+        with_passages = passages is not None
+        ids, mask = self.encode_prompts(prompts, "left", with_passages, max_new_tokens)
+        prefix, prefix_valid, offset = {}, None, 0
+        if with_passages:
+            prefix, prefix_valid = self.encode_passages(self.tokenize_passages(passages))
+            offset = self.config.prompt_offset
+        cache = LayerKV(prefix, "append")
+        position_ids = positions_from_mask(mask, offset)
+        hidden = get(self.lm, self.spec.embed)(ids)
+        hidden, _ = self._prompt_layers(hidden, mask.bool(), position_ids, cache, prefix_valid)
+        logits = get(self.lm, self.spec.head)(hidden[:, -1])  # (B, V)
+        decoder = Decoder(
+            self, mask.sum(-1).tolist(), max_new_tokens, do_sample, temperature, top_p, stop, generator
+        )
+        key_valid, last_pos = mask.bool(), position_ids[:, -1]
+        while True:
+            next_ids = decoder.step(logits)
+            yield decoder.results()
+            if decoder.done:
+                return
+            key_valid = torch.cat([key_valid, torch.ones_like(key_valid[:, :1])], dim=1)
+            last_pos = last_pos + 1
+            hidden = get(self.lm, self.spec.embed)(next_ids[:, None])
+            hidden, _ = self._prompt_layers(hidden, key_valid, last_pos[:, None], cache, prefix_valid)
+            logits = get(self.lm, self.spec.head)(hidden[:, -1])

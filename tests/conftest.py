@@ -1,0 +1,30 @@
+"""Shared fixtures: offline mode, a tiny GQA Llama folder, and the real data beside the checkout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """`../shared/data` (real Wikipedia passages, NQ, HotpotQA, KILT samples); skip when absent."""
+    if not (SHARED_DATA / "wiki" / "passages.jsonl").exists():
+        pytest.skip(f"real data not found at {SHARED_DATA} (it lies beside the checkout as ../shared/data)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random 6-layer GQA Llama (4 query / 2 kv heads) with an in-code BPE tokenizer, as an HF folder."""
+    from imprag.model.tiny import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("tiny") / "llama", arch="llama")
