@@ -118,7 +118,7 @@ class ImpRAG:
             raise UserError(f"{source}: cannot load a Hugging Face causal LM ({first})") from None
         spec_for(lm.config.model_type)  # refuse unsupported architectures before anything else
         if device is not None:
-            lm.to(device)
+            lm.to(device)  # type: ignore[arg-type]
         lm.eval()
         saved = ImpRAGConfig.load(path) if path.is_dir() else None
         overrides = {"b": b, "t": t, "k": k, "l_max": l_max, "state": state, "reader": reader}
@@ -342,11 +342,12 @@ class ImpRAG:
         if passages.mode == "independent":  # (B*n, h_k, l, d) -> (B, h_k, n*l, d)
             n = passages.per_prompt
             B = ids.shape[0] // n
-            for i, (k, v) in prefix.items():
-                h, length, d = k.shape[1:]
-                prefix[i] = tuple(
-                    x.view(B, n, h, length, d).transpose(1, 2).reshape(B, h, n * length, d) for x in (k, v)
-                )
+            h, length, d = prefix[self.config.b][0].shape[1:]
+
+            def join(x):
+                return x.view(B, n, h, length, d).transpose(1, 2).reshape(B, h, n * length, d)
+
+            prefix = {i: (join(k), join(v)) for i, (k, v) in prefix.items()}
             valid = valid.view(B, n * ids.shape[1])
         return prefix, valid
 
@@ -419,10 +420,10 @@ class ImpRAG:
     def generate(
         self, prompts: list[str], passages: list[list[str]] | None = None, **kwargs
     ) -> list[Generation]:
-        final: list[Generation] = [Generation("", [], None, 0) for _ in prompts]
-        for final in self.generate_stream(prompts, passages, **kwargs):
+        states: list[Generation] = []
+        for states in self.generate_stream(prompts, passages, **kwargs):  # noqa: B007 (keep the last state)
             pass
-        return final
+        return states
 
     @torch.no_grad()
     def generate_stream(
@@ -451,7 +452,7 @@ class ImpRAG:
         with_passages = passages is not None
         ids, mask = self.encode_prompts(prompts, "left", with_passages, max_new_tokens)
         prefix, prefix_valid, offset = {}, None, 0
-        if with_passages:
+        if passages is not None:
             prefix, prefix_valid = self.encode_passages(self.tokenize_passages(passages))
             offset = self.config.prompt_offset
         cache = LayerKV(prefix, "append")

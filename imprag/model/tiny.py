@@ -51,7 +51,7 @@ def build_tokenizer(
     # and the in-memory tokenizer must be exactly the one a saved model folder will load.
     with tempfile.TemporaryDirectory() as tmp:
         fast.save_pretrained(tmp)
-        return AutoTokenizer.from_pretrained(tmp)
+        return AutoTokenizer.from_pretrained(tmp)  # type: ignore[return-value]
 
 
 # Per-architecture extras that make a tiny config exercise what real checkpoints have.
