@@ -6,6 +6,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from imprag.errors import UserError
 from imprag.io import atomic_write_json
@@ -47,7 +48,7 @@ class ImpRAGConfig:
         """The paper's split in proportion (3B: b=7, t=19 of 28): b ~ N/4, t ~ 0.7 N."""
         b = max(0, num_layers // 4)
         t = max(b + 1, min(num_layers - 1, (num_layers * 7) // 10))
-        fields = {"b": b, "t": t}
+        fields: dict[str, Any] = {"b": b, "t": t}
         fields.update({k: v for k, v in overrides.items() if v is not None})
         return ImpRAGConfig(**fields)
 
