@@ -91,24 +91,14 @@ def parse_shard(spec: str | None) -> tuple[int, int, bool]:
 def _model_encoder(path: Path, device: str | None, model_dtype: str, max_length: int | None):
     import torch
 
-    from imprag.index.build import Encoder
+    from imprag.index.encoder import model_encoder
     from imprag.model.imprag import ImpRAG
 
     if device is None:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}" if torch.cuda.is_available() else "cpu"
     m = ImpRAG.from_pretrained(path, dtype=model_dtype, device=device)
-    limit = max_length or m.config.l_max
-
-    def embed(texts: list[str]):
-        return m.embed_passages(texts, batch_size=len(texts), max_length=limit).numpy()
-
-    info: dict[str, Any] = {
-        "b": m.config.b,
-        "state": m.config.state,
-        "model": str(Path(path).resolve()),
-        "max_length": limit,
-    }
-    return Encoder(embed=embed, dim=m.dim, fingerprint=m.fingerprint(), info=info), limit
+    encoder = model_encoder(m, max_length, source=path)
+    return encoder, encoder.info["max_length"]
 
 
 def run(args: argparse.Namespace) -> int:
