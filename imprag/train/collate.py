@@ -1,0 +1,118 @@
+"""Token tensors for training: prompt + response sequences with response-only labels, prompt-only
+sequences for query vectors, and passages one per row for passage vectors.
+
+Shapes: B rows, T tokens. Sequences are right-padded; positions count only real tokens, so the padding
+side does not change any state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from imprag.train.losses import IGNORE
+
+
+@dataclass
+class SeqBatch:
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+    labels: torch.Tensor  # (B, T): response token ids, IGNORE on prompt and padding
+    query_index: torch.Tensor  # (B,): each row's last prompt token (its layer-b query state is the query)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+class Collator:
+    def __init__(self, tokenizer, max_prompt_tokens: int, max_response_tokens: int, max_text_tokens: int):
+        self.tok = tokenizer
+        self.max_prompt = max_prompt_tokens
+        self.max_response = max_response_tokens
+        self.max_text = max_text_tokens
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
+        self.eos_id = tokenizer.eos_token_id
+        self.prefix = list(tokenizer("", add_special_tokens=True)["input_ids"])  # the tokenizer's BOS policy
+
+    def prompt_ids(self, prompts: list[str]) -> list[list[int]]:
+        """With the tokenizer's special tokens; a long prompt keeps its first special token and its end."""
+        out: list[list[int]] = []
+        for ids in self._ids(prompts, True):
+            ids = list(ids) or list(self.prefix) or [self.pad_id]
+            if len(ids) > self.max_prompt:
+                head = ids[: len(self.prefix)][:1] if self.prefix else []
+                ids = head + ids[len(ids) - (self.max_prompt - len(head)) :]
+            out.append(ids)
+        return out
+
+    def response_ids(self, responses: list[str], prompts: list[str]) -> list[list[int]]:
+        """Answer tokens + EOS (the decoder stops there); a space joins it to a prompt ending in ':'."""
+        texts = [
+            (" " + r if p and not p[-1].isspace() and not r[:1].isspace() else r)
+            for r, p in zip(responses, prompts)
+        ]
+        out: list[list[int]] = []
+        for ids in self._ids(texts, False):
+            ids = list(ids)[: self.max_response]
+            if self.eos_id is not None:
+                ids.append(self.eos_id)
+            out.append(ids)
+        return out
+
+    def text_ids(self, texts: list[str]) -> list[list[int]]:
+        return [list(ids)[: self.max_text] for ids in self._ids(texts, False)]
+
+    def _ids(self, texts: list[str], special: bool) -> list[list[int]]:
+        if not texts:
+            return []
+        return [list(x) for x in self.tok(list(texts), add_special_tokens=special)["input_ids"]]
+
+    def sequences(
+        self, prompts: list[str], responses: list[str], plain: list[bool] | None = None
+    ) -> SeqBatch:
+        """prompt + response rows; `plain[i]` marks plain text (empty prompt: every token after the
+        tokenizer's prefix is a target)."""
+        plain = plain or [False] * len(prompts)
+        qa_prompts = self.prompt_ids([p for p, f in zip(prompts, plain) if not f])
+        p_ids = [list(self.prefix) if f else qa_prompts.pop(0) for f in plain]
+        r_ids: list[list[int]] = []
+        text_rows = self.text_ids([r for r, f in zip(responses, plain) if f])
+        qa_rows = self.response_ids(
+            [r for r, f in zip(responses, plain) if not f], [p for p, f in zip(prompts, plain) if not f]
+        )
+        ti = qi = 0
+        for f in plain:
+            if f:
+                r_ids.append(text_rows[ti])
+                ti += 1
+            else:
+                r_ids.append(qa_rows[qi])
+                qi += 1
+        rows = [p + r for p, r in zip(p_ids, r_ids)]
+        width = max(len(r) for r in rows)
+        B = len(rows)
+        ids = torch.full((B, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, width), dtype=torch.long)
+        labels = torch.full((B, width), IGNORE, dtype=torch.long)
+        qidx = torch.zeros(B, dtype=torch.long)
+        for i, (p, r) in enumerate(zip(p_ids, r_ids)):
+            n = len(p) + len(r)
+            ids[i, :n] = torch.tensor(p + r)
+            mask[i, :n] = 1
+            labels[i, len(p) : n] = torch.tensor(r, dtype=torch.long)
+            qidx[i] = max(len(p) - 1, 0)
+        return SeqBatch(ids, mask, labels, qidx)
+
+    def prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt-only rows (B, T) right-padded, for query vectors."""
+        rows = self.prompt_ids(prompts)
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        return ids, mask
