@@ -1,0 +1,446 @@
+"""`imprag demo`: the paper's experiment in miniature, from nothing but pip.
+
+Steps (each writes its result atomically and is skipped when its result exists, so a re-run resumes):
+  world     a synthetic knowledge world (passages + KILT task files) for the experiment, and a sibling
+            world with other entities that the tiny backbone is pretrained on (so closed-book stays
+            near zero by construction: the test facts were never seen)
+  backbone  tiny: a small Llama pretrained on the sibling world's passages and reading-comprehension
+            examples; smollm2: the real SmolLM2-135M-Instruct
+  mine      BM25 pseudo labels (whole prompt as the query) for the seen QA formats
+  train     retrieval warmup (NCE, bottom layers only), then self-distillation + LM loss
+  index     the world's passages embedded by the trained bottom layers
+  eval      imprag, rag-bm25, closed-book and oracle on every format's test split
+  report    Table-2-shaped markdown + bar chart, and three answered questions
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imprag.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoSize:
+    entities: int
+    pretrain_steps: int  # tiny backbone LM pretraining
+    warmup_steps: int  # retrieval-only NCE
+    distill_steps: int  # self-distillation + J_gen
+    warmup_batch: int
+    distill_batch: int
+    eval_limit: int  # test examples per task
+    layers: int = 6
+    hidden: int = 192
+    heads: int = 4
+    kv_heads: int = 2
+    vocab: int = 2048
+    b: int = 2
+    t: int = 5  # t = N-1: every layer from b reads (the tiny model needs all the depth it has)
+    k: int = 5
+    l_max: int = 96
+    positives: int = 1  # BM25's top-1 is the gold passage ~97% of the time on this world (paper: top-5)
+    hard_negatives: int = 2
+    lr_pretrain: float = 2e-3
+    lr_warmup: float = 2e-3
+
+
+SIZES = {
+    "tiny": DemoSize(  # the CI smoke test: every step, minutes-scale numbers shrunk to seconds
+        entities=300,
+        pretrain_steps=10,
+        warmup_steps=30,
+        distill_steps=3,
+        warmup_batch=32,
+        distill_batch=4,
+        eval_limit=6,
+        layers=4,
+        hidden=96,
+        vocab=768,
+        b=1,
+        t=3,
+    ),
+    "small": DemoSize(
+        entities=1500,
+        pretrain_steps=200,
+        warmup_steps=200,
+        distill_steps=60,
+        warmup_batch=64,
+        distill_batch=8,
+        eval_limit=100,
+    ),
+    "full": DemoSize(
+        entities=3000,
+        pretrain_steps=2500,
+        warmup_steps=600,
+        distill_steps=1200,
+        warmup_batch=64,
+        distill_batch=16,
+        eval_limit=300,
+        layers=8,
+        hidden=256,
+        heads=8,
+        kv_heads=4,
+        vocab=4096,
+        b=2,
+        t=7,
+    ),
+}
+
+
+@dataclass
+class DemoConfig:
+    out: Path = Path("runs/demo")
+    size: str = "small"
+    backbone: str = "tiny"  # tiny | smollm2
+    seed: int = 0
+    methods: list[str] = field(default_factory=lambda: ["imprag", "rag-bm25", "closed-book", "oracle"])
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.size not in SIZES:
+            raise UserError(f"--size must be one of {', '.join(SIZES)} (got {self.size!r})")
+        if self.backbone not in ("tiny", "smollm2"):
+            raise UserError(f"--backbone must be tiny or smollm2 (got {self.backbone!r})")
+
+
+class Demo:
+    def __init__(self, cfg: DemoConfig):
+        self.cfg = cfg
+        self.size = SIZES[cfg.size]
+        self.out = cfg.out
+        self.timings: dict[str, float] = {}
+
+    # ---------------------------------------------------------------- helpers
+    def _step(self, name: str, done: Path, fn) -> Any:
+        if done.exists():
+            log.info("[%s] done already (%s)", name, done)
+            return None
+        log.info("[%s] ...", name)
+        start = time.perf_counter()
+        result = fn()
+        self.timings[name] = time.perf_counter() - start
+        log.info("[%s] finished in %.1f s", name, self.timings[name])
+        return result
+
+    @property
+    def world(self) -> Path:
+        return self.out / "world"
+
+    @property
+    def passages(self) -> Path:
+        return self.world / "passages.jsonl"
+
+    def task_file(self, task: str, split: str, world: Path | None = None) -> Path:
+        return (world or self.world) / "tasks" / task / f"{split}.jsonl"
+
+    # ---------------------------------------------------------------- steps
+    def make_worlds(self) -> None:
+        from imprag.data.world import generate_world
+
+        self._step(
+            "world",
+            self.world / "world.json",
+            lambda: generate_world(self.world, self.cfg.seed, self.size.entities),
+        )
+        if self.cfg.backbone == "tiny":
+            sib = self.out / "pretrain-world"
+            self._step(
+                "pretrain-world",
+                sib / "world.json",
+                lambda: generate_world(sib, self.cfg.seed + 1000, self.size.entities),
+            )
+
+    def make_backbone(self) -> Path:
+        if self.cfg.backbone == "smollm2":
+            from imprag.model.pull import pull
+
+            path = self.out / "backbone"
+            self._step("backbone", path / "imprag.json", lambda: pull("smollm2", path))
+            return path
+        final = self.out / "backbone" / "final"
+        self._step("backbone", final / "imprag.json", self._pretrain_tiny)
+        return final
+
+    def _pretrain_tiny(self) -> None:
+        from imprag.model.config import ImpRAGConfig
+        from imprag.model.tiny import build_tokenizer, tiny_config
+        from imprag.train.config import (
+            DataConfig,
+            ModelConfig,
+            OptimConfig,
+            SourceConfig,
+            StageConfig,
+            TrainConfig,
+        )
+        from imprag.train.loop import train
+
+        s = self.size
+        init = self.out / "backbone" / "init"
+        if not (init / "imprag.json").exists():
+            from transformers import AutoModelForCausalLM
+
+            sib = self.out / "pretrain-world"
+            texts = _jsonl_texts(self.passages) + _jsonl_texts(sib / "passages.jsonl")
+            tok = build_tokenizer(texts, vocab_size=s.vocab)
+            cfg = tiny_config(
+                "llama",
+                vocab_size=len(tok),
+                layers=s.layers,
+                hidden=s.hidden,
+                heads=s.heads,
+                kv_heads=s.kv_heads,
+                intermediate=s.hidden * 3,
+                bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )
+            import torch
+
+            torch.manual_seed(self.cfg.seed)
+            lm = AutoModelForCausalLM.from_config(cfg)
+            lm.save_pretrained(init)
+            tok.save_pretrained(init)
+            ImpRAGConfig(b=s.b, t=s.t, k=s.k, l_max=s.l_max).save(init)
+        sib = self.out / "pretrain-world"
+        free = [SourceConfig(path=str(self.task_file(t, "train", sib)), task=t) for t in ("rc", "nextsent")]
+        train(
+            TrainConfig(
+                out=str(self.out / "backbone"),
+                model=ModelConfig(path=str(init)),
+                data=DataConfig(
+                    passages=str(sib / "passages.jsonl"),
+                    retrieval=[],
+                    retrieval_free=free,
+                    retrieval_ratio=0.0,
+                    retrieval_free_ratio=0.5,
+                    plain_text_ratio=0.5,
+                    max_prompt_tokens=192,
+                    max_text_tokens=128,
+                ),
+                stages=[
+                    StageConfig(
+                        name="pretrain", objective="lm", steps=s.pretrain_steps, lm_weight=1.0, batch_size=32
+                    )
+                ],
+                optim=OptimConfig(lr=s.lr_pretrain, schedule="cosine", warmup_steps=20, weight_decay=0.01),
+                seed=self.cfg.seed,
+                overwrite=True,
+            )
+        )
+
+    def mine(self) -> list[Path]:
+        from imprag.data.kilt import load_examples
+        from imprag.data.mining import mine
+        from imprag.io import atomic_write_jsonl
+
+        paths = []
+        for task in ("nq", "hotpotqa"):
+            for split in ("train", "dev"):
+                out = self.out / "mined" / f"{task}-{split}.jsonl"
+                paths.append(out)
+
+                def run(task=task, split=split, out=out):
+                    examples = load_examples(self.task_file(task, split), task)
+                    atomic_write_jsonl(
+                        out, mine(examples, self.passages, "bm25", top_k=50, cache_dir=self.out / "cache")
+                    )
+
+                self._step(f"mine {task}/{split}", out, run)
+        return paths
+
+    def train(self, backbone: Path) -> Path:
+        from imprag.train.config import (
+            DataConfig,
+            EvalConfig,
+            LossConfig,
+            ModelConfig,
+            OptimConfig,
+            SourceConfig,
+            StageConfig,
+            TrainConfig,
+        )
+        from imprag.train.loop import train
+
+        s = self.size
+        out = self.out / "train"
+        final = out / "final"
+
+        def run():
+            mined = self.out / "mined"
+            free = [
+                SourceConfig(path=str(self.task_file(t, "train")), task=t)
+                for t in ("rc", "denoise", "nextsent")
+            ]
+            train(
+                TrainConfig(
+                    out=str(out),
+                    model=ModelConfig(path=str(backbone), b=s.b if self.cfg.backbone == "tiny" else None),
+                    data=DataConfig(
+                        passages=str(self.passages),
+                        retrieval=[
+                            SourceConfig(path=str(mined / "nq-train.jsonl")),
+                            SourceConfig(path=str(mined / "hotpotqa-train.jsonl")),
+                        ],
+                        retrieval_free=free,
+                        retrieval_ratio=0.7,
+                        retrieval_free_ratio=0.3,
+                        plain_text_ratio=0.0,
+                        positives=s.positives,
+                        hard_negatives=s.hard_negatives,
+                        read_passages=s.k,
+                        distill_candidates=s.k,
+                    ),
+                    stages=[
+                        StageConfig(
+                            name="warmup",
+                            objective="nce",
+                            steps=s.warmup_steps,
+                            lm_weight=0.0,
+                            batch_size=s.warmup_batch,
+                        ),
+                        StageConfig(
+                            name="distill",
+                            objective="distill",
+                            steps=s.distill_steps,
+                            lm_weight=1.0,
+                            batch_size=s.distill_batch,
+                        ),
+                    ],
+                    loss=LossConfig(tau_t=0.1, tau_r=1.0),
+                    optim=OptimConfig(lr=s.lr_warmup, schedule="constant", warmup_steps=10),
+                    eval=EvalConfig(dev=str(mined / "nq-dev.jsonl"), every=0, k=[1, 5, 10], max_examples=200),
+                    seed=self.cfg.seed,
+                    save_every=max(50, s.warmup_steps // 2),
+                    resume=(out / "checkpoints").exists(),
+                    overwrite=not (out / "checkpoints").exists(),
+                )
+            )
+
+        self._step("train", final / "imprag.json", run)
+        return final
+
+    def index(self, model_dir: Path) -> Path:
+        from imprag.index.build import IndexBuildConfig, build_index
+        from imprag.index.encoder import model_encoder
+        from imprag.model.imprag import ImpRAG
+
+        out = self.out / "index"
+
+        def run():
+            model = ImpRAG.from_pretrained(model_dir)
+            build_index(
+                IndexBuildConfig(out=out, passages=self.passages, dtype="float32"), model_encoder(model)
+            )
+
+        self._step("index", out / "metadata.json", run)
+        return out
+
+    def evaluate(self, model_dir: Path, index: Path) -> list[Path]:
+        from imprag.data.world import EVAL_TASKS
+        from imprag.eval.runner import EvalConfig, run_eval
+        from imprag.model.imprag import ImpRAG
+
+        model = ImpRAG.from_pretrained(model_dir)
+        runs = []
+        for method in self.cfg.methods:
+            for task in EVAL_TASKS:
+                out = self.out / "eval" / f"{method}-{task}"
+                runs.append(out)
+                cfg = EvalConfig(
+                    model=model_dir,
+                    data=[self.task_file(task, "test")],
+                    tasks=[task],
+                    method=method,
+                    out=out,
+                    index=index if method == "imprag" else None,
+                    passages=self.passages,
+                    k=self.size.k,
+                    limit=self.size.eval_limit,
+                    batch_size=16,
+                    max_new_tokens=16,
+                    cache_dir=self.out / "cache",
+                    show_progress=False,
+                )
+                self._step(
+                    f"eval {method}/{task}", out / "metrics.json", lambda cfg=cfg: run_eval(cfg, model=model)
+                )
+        return runs
+
+    def report(self, runs: list[Path]) -> Path:
+        from imprag.eval.report import build_report
+
+        out = self.out / "report"
+        self._step(
+            "report",
+            out / "table.md",
+            lambda: build_report(runs, out, title=f"imprag demo ({self.cfg.size})"),
+        )
+        return out
+
+    def showcase(self, model_dir: Path, index: Path, n: int = 3) -> list[dict[str, Any]]:
+        """Answer n test questions, keeping the passages the model chose."""
+        from imprag.data.kilt import load_examples
+        from imprag.index.faiss_index import Index
+        from imprag.model.imprag import ImpRAG
+        from imprag.rag import answer
+
+        model = ImpRAG.from_pretrained(model_dir)
+        idx = Index.load(index, model=model)
+        examples = load_examples(self.task_file("nq", "test"), "nq", limit=n)
+        answers = answer(
+            model, idx, [e.prompt for e in examples], k=self.size.k, max_new_tokens=16, stop=["\n"]
+        )
+        shown = []
+        for e, a in zip(examples, answers):
+            shown.append(
+                {
+                    "prompt": e.prompt,
+                    "gold": e.answers,
+                    "answer": a.text,
+                    "gold_passages": [p.passage_id for p in e.provenance],
+                    "passages": [
+                        {"id": p["id"], "title": p.get("title"), "score": round(p["score"], 2)}
+                        for p in a.passages
+                    ],
+                }
+            )
+        return shown
+
+    def run(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.make_worlds()
+        backbone = self.make_backbone()
+        self.mine()
+        model_dir = self.train(backbone)
+        index = self.index(model_dir)
+        runs = self.evaluate(model_dir, index)
+        report = self.report(runs)
+        shown = self.showcase(model_dir, index)
+        summary = {
+            "size": self.cfg.size,
+            "backbone": self.cfg.backbone,
+            "seconds": round(time.perf_counter() - start, 1),
+            "step_seconds": {k: round(v, 1) for k, v in self.timings.items()},
+            "report": str(report / "table.md"),
+            "chart": str(report / "chart.png"),
+            "examples": shown,
+        }
+        from imprag.io import atomic_write_json
+
+        atomic_write_json(self.out / "demo.json", summary)
+        return summary
+
+
+def _jsonl_texts(path: Path) -> list[str]:
+    from imprag.passage import passage_text
+
+    with path.open() as f:
+        return [passage_text(json.loads(line)) for line in f if line.strip()]
