@@ -380,7 +380,7 @@ class Demo:
         self._step(
             "report",
             out / "table.md",
-            lambda: build_report(runs, out, title=f"imprag demo ({self.cfg.size})"),
+            lambda: build_report(list[str | Path](runs), out, title=f"imprag demo ({self.cfg.size})"),
         )
         return out
 
