@@ -119,3 +119,8 @@ def test_learning_rate_schedules():
     c = lr_lambda(total=10, warmup=0, schedule="cosine", min_ratio=0.1)
     assert c(0) == pytest.approx(1.0) and c(5) == pytest.approx(0.55) and c(10) == pytest.approx(0.1)
     assert lr_lambda(10, 0, "constant", 0.0)(7) == 1.0
+
+
+def test_lr_stage_scales_apply_from_each_stage_start():
+    f = lr_lambda(10, 0, "constant", 0.0, [(0, 1.0), (4, 0.1)])
+    assert [f(s) for s in (0, 3, 4, 9)] == [1.0, 1.0, 0.1, 0.1]

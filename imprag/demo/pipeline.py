@@ -305,17 +305,25 @@ class Demo:
                             lm_weight=0.0,
                             batch_size=s.warmup_batch,
                         ),
+                        # a gentler stage: the reader's likelihoods are a young teacher, and at the warmup's
+                        # learning rate the LM loss and a noisy teacher undo what the warmup learned
                         StageConfig(
                             name="distill",
                             objective="distill",
                             steps=s.distill_steps,
                             lm_weight=1.0,
                             batch_size=s.distill_batch,
+                            lr_scale=0.1,
                         ),
                     ],
-                    loss=LossConfig(tau_t=0.1, tau_r=1.0),
+                    loss=LossConfig(tau_t=1.0, tau_r=1.0),
                     optim=OptimConfig(lr=s.lr_warmup, schedule="constant", warmup_steps=10),
-                    eval=EvalConfig(dev=str(mined / "nq-dev.jsonl"), every=0, k=[1, 5, 10], max_examples=200),
+                    eval=EvalConfig(
+                        dev=str(mined / "nq-dev.jsonl"),
+                        every=max(25, s.warmup_steps // 4),
+                        k=[1, 5, 10],
+                        max_examples=200,
+                    ),
                     seed=self.cfg.seed,
                     save_every=max(50, s.warmup_steps // 2),
                     resume=(out / "checkpoints").exists(),

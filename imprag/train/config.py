@@ -77,6 +77,9 @@ class StageConfig:
     retrieval_weight: float = option(1.0, "lambda, the weight of the retrieval loss")
     batch_size: int | None = option(None, "examples per optimizer step (default optim.batch_size)")
     grad_accum: int | None = option(None, "micro-batches per optimizer step (default optim.grad_accum)")
+    lr_scale: float = option(
+        1.0, "this stage's learning rate as a multiple of optim.lr (schedule still applies)"
+    )
 
 
 def _default_stages() -> list[StageConfig]:
@@ -167,6 +170,9 @@ class TrainConfig:
             raise UserError("--out is required: the folder for checkpoints and metrics")
         if not self.stages:
             raise UserError("stages: give at least one stage (e.g. a warmup with objective nce)")
+        for n, st in enumerate(self.stages):
+            if st.lr_scale <= 0:
+                raise UserError(f"--stages.{n}.lr_scale must be > 0 (got {st.lr_scale})")
         d = self.data
         for name in ("retrieval_ratio", "retrieval_free_ratio", "plain_text_ratio"):
             if getattr(d, name) < 0:

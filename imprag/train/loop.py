@@ -47,10 +47,11 @@ def train(config: TrainConfig) -> Path:
         env.close()
 
 
-def lr_lambda(total: int, warmup: int, schedule: str, min_ratio: float):
-    """Multiplier of the peak learning rate at step s: linear warmup, then linear/cosine decay to min_ratio."""
+def lr_lambda(total: int, warmup: int, schedule: str, min_ratio: float, stage_scales=()):
+    """Multiplier of the peak learning rate at step s: linear warmup, then linear/cosine decay to min_ratio,
+    times the scale of the stage that step belongs to (`stage_scales`: (first step, scale) pairs)."""
 
-    def f(s: int) -> float:
+    def base(s: int) -> float:
         if warmup and s < warmup:
             return (s + 1) / warmup
         if schedule == "constant":
@@ -59,6 +60,13 @@ def lr_lambda(total: int, warmup: int, schedule: str, min_ratio: float):
         if schedule == "cosine":
             return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
         return min_ratio + (1 - min_ratio) * (1 - progress)
+
+    def f(s: int) -> float:
+        scale = 1.0
+        for start, stage_scale in stage_scales:
+            if s >= start:
+                scale = stage_scale
+        return base(s) * scale
 
     return f
 
@@ -274,7 +282,14 @@ class _Trainer:
         optimizer = self._optimizer(model)
         o = cfg.optim
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(total_steps, o.warmup_steps, o.schedule, o.min_lr_ratio)
+            optimizer,
+            lr_lambda(
+                total_steps,
+                o.warmup_steps,
+                o.schedule,
+                o.min_lr_ratio,
+                [(p.start, p.config.lr_scale) for p in plans],
+            ),
         )
         dev = None
         if cfg.eval.dev:
