@@ -1,0 +1,121 @@
+"""`imprag eval`: run a method (imprag, closed-book, rag-bm25, rag-dense, oracle) over task files and
+write KILT predictions, metrics.json and table.md; re-running with the same --out resumes."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from imprag.data.tasks import TASKS
+from imprag.eval.methods import METHODS
+from imprag.eval.metrics import MATCH_MODES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", type=Path, required=True, help="ImpRAG / Hugging Face model folder (or a .gguf file)"
+    )
+    parser.add_argument(
+        "--data", required=True, help="task file(s), KILT JSONL, comma-separated (one output folder per task)"
+    )
+    parser.add_argument(
+        "--task",
+        default=None,
+        help=f"task name, one for all files or comma-separated per file (default: from each file name); one of {', '.join(TASKS)}",
+    )
+    parser.add_argument("--method", required=True, choices=METHODS, help="what to evaluate")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="output folder (re-run the same command to resume)"
+    )
+    parser.add_argument(
+        "--index",
+        type=Path,
+        default=None,
+        help="index folder from `imprag index` (needed by --method imprag)",
+    )
+    parser.add_argument(
+        "--passages",
+        type=Path,
+        default=None,
+        help="passages JSONL (rag-bm25, rag-dense, oracle; default: the file the --index was built from)",
+    )
+    parser.add_argument(
+        "-k", "--k", type=int, default=None, help="passages per question (default: the model's k, 10)"
+    )
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N examples of each file")
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="questions per generation batch (default 8)"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=32, help="answer length limit in tokens (default 32)"
+    )
+    parser.add_argument(
+        "--match",
+        choices=MATCH_MODES,
+        default="word",
+        help="answer-recall matching (default: word boundaries)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="retriever cache (default $IMPRAG_CACHE or ~/.cache/imprag)",
+    )
+    parser.add_argument(
+        "--on-error", choices=("fail", "skip"), default="fail", help="bad JSONL lines: stop (default) or skip"
+    )
+    parser.add_argument(
+        "--allow-fingerprint-mismatch",
+        action="store_true",
+        help="search an index built by other weights anyway (results are then meaningless for imprag)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="torch device (default: cuda when available, else cpu)"
+    )
+    parser.add_argument(
+        "--model-dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="weights' dtype (default float32)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _split(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    from imprag.eval.runner import EvalConfig, run_eval
+
+    device = args.device
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = EvalConfig(
+        model=args.model,
+        data=[Path(x) for x in _split(args.data) or []],
+        method=args.method,
+        out=args.out,
+        tasks=_split(args.task),
+        index=args.index,
+        passages=args.passages,
+        k=args.k,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        match=args.match,
+        on_error=args.on_error,
+        cache_dir=args.cache_dir,
+        allow_fingerprint_mismatch=args.allow_fingerprint_mismatch,
+        device=device,
+        model_dtype=args.model_dtype,
+        show_progress=not args.quiet,
+    )
+    run_eval(cfg)
+    print((args.out / "table.md").read_text(encoding="utf-8"), end="")
+    print(f"wrote {args.out}/metrics.json, {args.out}/table.md and the predictions")
+    return 0

@@ -1,0 +1,311 @@
+"""The evaluated methods, all reading with the same language model so the comparison is fair.
+
+    imprag       the model's implicit query retrieves top-k from an ImpRAG index; the middle layers read them
+    closed-book  no passages: the plain model
+    rag-bm25     RA-IT baseline: BM25 queried with the whole prompt, top-k passages prepended in the
+                 context ("{passages}\\n\\n{prompt}"), read by the full plain model (no middle-layer reader)
+    rag-dense    the same with all-MiniLM-L6-v2
+    oracle       the gold provenance passages (by passage_id, else page title) read through ImpRAG's
+                 middle layers: an upper bound for the reader
+
+Each method maps a batch of Examples to MethodOutputs (the answer and the passages it used, best first).
+Decoding is greedy; the answer is the generation's first line with text: blank lines before it are
+skipped (an untrained model often starts with a newline after "A:"), the next newline ends it and the
+batch stops once every row has one. Answers are stripped; FEVER answers are mapped to True/False.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from imprag.data.example import Example
+from imprag.data.tasks import TaskSpec
+from imprag.errors import UserError
+from imprag.eval.metrics import fever_label
+from imprag.passage import passage_text
+
+log = logging.getLogger(__name__)
+
+METHODS = ("imprag", "closed-book", "rag-bm25", "rag-dense", "oracle")
+PASSAGE_FIELDS = ("id", "title", "text", "score")  # what a prediction keeps of each passage used
+
+
+@dataclass
+class MethodOutput:
+    answer: str  # the model's answer, stripped (FEVER: "True"/"False" when the text names a label)
+    text: str  # the raw generation
+    finish_reason: str | None
+    passages: (
+        list[dict[str, Any]] | None
+    )  # passages used, best first ({"id","title","text","score"?}); None = none
+
+
+class Method(Protocol):
+    name: str
+    uses_passages: bool  # False for closed-book: no retrieval metrics
+
+    def run(self, examples: list[Example], spec: TaskSpec, max_new_tokens: int) -> list[MethodOutput]: ...
+
+
+def answer_line(text: str) -> str:
+    """The first line with text, stripped (leading blank lines skipped)."""
+    return text.lstrip().split("\n", 1)[0].strip()
+
+
+def _answered(g: Any) -> bool:
+    return g.finish_reason is not None or "\n" in g.text.lstrip()
+
+
+def decode_lines(stream: Iterable[list[Any]], get: Callable[[Any], Any] = lambda x: x) -> list[Any]:
+    """Run a generate stream until every row has finished or has a newline after some text; the last
+    state. `get` maps a streamed item to its Generation (rag.answer_stream yields Answers)."""
+    final: list[Any] = []
+    for final in stream:  # noqa: B007 (keep the last state)
+        if all(_answered(get(x)) for x in final):
+            break
+    return final
+
+
+def postprocess(spec: TaskSpec, text: str) -> str:
+    """The answer line; FEVER: any recognised label word becomes the model-side answer True/False."""
+    answer = answer_line(text)
+    if spec.kind == "fever":
+        label = fever_label(answer)
+        if label is not None:
+            return spec.to_model_answer(label)
+    return answer
+
+
+def slim(p: Mapping[str, Any]) -> dict[str, Any]:
+    """A passage record reduced to what predictions and metrics need."""
+    out = {f: p[f] for f in PASSAGE_FIELDS if f in p and p[f] is not None}
+    if "id" in out:
+        out["id"] = str(out["id"])
+    return out
+
+
+def ra_it_prompt(passages: Sequence[Mapping[str, Any]], prompt: str) -> str:
+    """RA-IT context: the passages ("Title: text", one per line) then a blank line then the prompt."""
+    if not passages:
+        return prompt
+    return "\n".join(passage_text(p) for p in passages) + "\n\n" + prompt
+
+
+def _outputs(
+    spec: TaskSpec, gens: list[Any], passages: list[list[dict[str, Any]]] | None
+) -> list[MethodOutput]:
+    return [
+        MethodOutput(
+            answer=postprocess(spec, g.text),
+            text=g.text,
+            finish_reason="stop" if "\n" in g.text.lstrip() else g.finish_reason,
+            passages=None if passages is None else [slim(p) for p in passages[i]],
+        )
+        for i, g in enumerate(gens)
+    ]
+
+
+class PassageLookup:
+    """Passage records of a JSONL file by id and by page title, read on demand by byte offset (the
+    corpus text is not held in memory; one scan builds the id and title tables)."""
+
+    def __init__(self, path: str | Path, on_error: str = "fail"):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"{self.path}: passages file not found (check --passages)")
+        self._offsets: dict[str, tuple[int, int]] = {}
+        self._by_title: dict[str, list[str]] = {}
+        pos = 0
+        with self.path.open("rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                start, pos = pos, pos + len(raw)
+                if not raw.strip():
+                    continue
+                try:
+                    rec = json.loads(raw.decode("utf-8"))
+                    if not isinstance(rec, dict) or rec.get("id") is None:
+                        raise ValueError('expected a JSON object with an "id"')
+                except (UnicodeDecodeError, ValueError) as e:
+                    msg = f"{self.path}:{lineno}: not a passage record ({str(e).splitlines()[0][:80]})"
+                    if on_error == "fail":
+                        raise UserError(msg + " (fix the line, or pass --on-error skip)") from None
+                    log.warning("skipping %s", msg)
+                    continue
+                pid = str(rec["id"])
+                if pid in self._offsets:
+                    continue  # the first record of an id wins (the retrievers refuse duplicates anyway)
+                self._offsets[pid] = (start, pos - start)
+                title = _title_key(rec.get("title"))
+                if title:
+                    self._by_title.setdefault(title, []).append(pid)
+        if not self._offsets:
+            raise UserError(
+                f'{self.path}: no passages found (expected JSONL lines like {{"id", "title", "text"}})'
+            )
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def __contains__(self, pid: object) -> bool:
+        return str(pid) in self._offsets
+
+    def get(self, pid: str) -> dict[str, Any]:
+        start, size = self._offsets[str(pid)]
+        return json.loads(os.pread(self._fd, size, start).decode("utf-8"))
+
+    def ids_for_title(self, title: str | None) -> list[str]:
+        return list(self._by_title.get(_title_key(title), []))
+
+    def close(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None  # type: ignore[assignment]
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _title_key(title: Any) -> str:
+    return " ".join(str(title).split()).lower() if title else ""
+
+
+# ---- the methods -----------------------------------------------------------------------------------
+
+
+class ClosedBook:
+    """The plain model, no passages."""
+
+    name = "closed-book"
+    uses_passages = False
+
+    def __init__(self, model: Any):
+        self.model = model
+
+    def run(self, examples: list[Example], spec: TaskSpec, max_new_tokens: int) -> list[MethodOutput]:
+        stream = self.model.generate_stream([e.prompt for e in examples], None, max_new_tokens=max_new_tokens)
+        return _outputs(spec, decode_lines(stream), None)
+
+
+class ImpRAGMethod:
+    """Implicit-query retrieval from an ImpRAG index + middle-layer reading (`imprag.rag.answer_stream`)."""
+
+    name = "imprag"
+    uses_passages = True
+
+    def __init__(self, model: Any, index: Any, k: int):
+        self.model, self.index, self.k = model, index, k
+
+    def run(self, examples: list[Example], spec: TaskSpec, max_new_tokens: int) -> list[MethodOutput]:
+        from imprag.rag import answer_stream
+
+        prompts = [e.prompt for e in examples]
+        stream = answer_stream(self.model, self.index, prompts, self.k, max_new_tokens=max_new_tokens)
+        answers = decode_lines(stream, get=lambda a: a.generation)
+        return _outputs(spec, [a.generation for a in answers], [a.passages for a in answers])
+
+
+class RetrieverRAG:
+    """RA-IT: a separate retriever queried with the whole prompt; top-k passages prepended in the context
+    and read by the full plain model (`generate_stream(..., passages=None)` on the concatenated prompt)."""
+
+    uses_passages = True
+
+    def __init__(self, model: Any, retriever: Any, lookup: PassageLookup, k: int):
+        self.model, self.retriever, self.lookup, self.k = model, retriever, lookup, k
+        self.name = f"rag-{retriever.name}"
+
+    def run(self, examples: list[Example], spec: TaskSpec, max_new_tokens: int) -> list[MethodOutput]:
+        prompts = [e.prompt for e in examples]
+        ids, scores = self.retriever.search(prompts, self.k)  # (B, k) ids and scores
+        hits: list[list[dict[str, Any]]] = []
+        for row_ids, row_scores in zip(ids, scores):
+            recs = []
+            for pid, s in zip(row_ids, row_scores):
+                rec = dict(self.lookup.get(pid))
+                rec["score"] = float(s)
+                recs.append(rec)
+            hits.append(recs)
+        contexts = [ra_it_prompt(h, p) for h, p in zip(hits, prompts)]
+        gens = decode_lines(self.model.generate_stream(contexts, None, max_new_tokens=max_new_tokens))
+        return _outputs(spec, gens, hits)
+
+
+class Oracle:
+    """The gold provenance passages, read through ImpRAG's middle layers: an upper bound for the reader.
+
+    Each provenance entry gives its `passage_id` when that id is in the corpus, else the first passage
+    of its page title not taken yet; at most k per example. Examples whose provenance names nothing in
+    the corpus are read with no passages (counted in `missing`).
+    """
+
+    name = "oracle"
+    uses_passages = True
+
+    def __init__(self, model: Any, lookup: PassageLookup, k: int):
+        self.model, self.lookup, self.k = model, lookup, k
+        self.missing = 0
+
+    def gold_passages(self, example: Example) -> list[dict[str, Any]]:
+        chosen: list[str] = []
+        for p in example.provenance:
+            if len(chosen) >= self.k:
+                break
+            if p.passage_id is not None and p.passage_id in self.lookup:
+                pid: str | None = p.passage_id
+            else:
+                pid = next((x for x in self.lookup.ids_for_title(p.title) if x not in chosen), None)
+            if pid is not None and pid not in chosen:
+                chosen.append(pid)
+        return [self.lookup.get(pid) for pid in chosen]
+
+    def run(self, examples: list[Example], spec: TaskSpec, max_new_tokens: int) -> list[MethodOutput]:
+        gold = [self.gold_passages(e) for e in examples]
+        self.missing += sum(1 for g in gold if not g)
+        texts = [[passage_text(p) for p in g] for g in gold]
+        stream = self.model.generate_stream(
+            [e.prompt for e in examples], texts, max_new_tokens=max_new_tokens
+        )
+        return _outputs(spec, decode_lines(stream), gold)
+
+
+def make_method(
+    name: str,
+    model: Any,
+    k: int,
+    index: Any = None,
+    passages: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    on_error: str = "fail",
+) -> Method:
+    """Build a method by name; `index` is needed by imprag, `passages` by rag-* and oracle."""
+    if name not in METHODS:
+        raise UserError(f"--method {name!r}: choose one of {', '.join(METHODS)}")
+    if name == "closed-book":
+        return ClosedBook(model)
+    if name == "imprag":
+        if index is None:
+            raise UserError(
+                "--method imprag needs --index (an index built by this model with `imprag index`)"
+            )
+        return ImpRAGMethod(model, index, k)
+    if passages is None:
+        raise UserError(
+            f"--method {name} needs --passages (the passages JSONL), or an --index whose metadata names it"
+        )
+    lookup = PassageLookup(passages, on_error=on_error)
+    if name == "oracle":
+        return Oracle(model, lookup, k)
+    from imprag.retrievers import load_retriever
+
+    retriever = load_retriever(name.removeprefix("rag-"), passages, cache_dir=cache_dir, on_error=on_error)
+    return RetrieverRAG(model, retriever, lookup, k)
