@@ -17,7 +17,6 @@ import sys
 import time
 
 import torch
-
 from _common import REPO, interleaved, wiki_passages  # type: ignore[import-not-found]
 
 sys.path.insert(0, str(REPO))
@@ -41,7 +40,9 @@ def main() -> None:
     prompt = "Q: who got the first nobel prize in physics? A:"
     in_context = "\n\n".join(passages) + "\n\n" + prompt
     n_passage_tokens = sum(min(len(x), cfg.l_max) for x in m._tokenize(passages))
-    print(f"model {args.model}: N={N} b={cfg.b} t={cfg.t} l_max={cfg.l_max}; {args.k} passages, {n_passage_tokens} tokens")
+    print(
+        f"model {args.model}: N={N} b={cfg.b} t={cfg.t} l_max={cfg.l_max}; {args.k} passages, {n_passage_tokens} tokens"
+    )
     print(f"torch threads: {torch.get_num_threads()}")
 
     def imprag_first():
@@ -51,12 +52,17 @@ def main() -> None:
         m.generate([in_context], max_new_tokens=1)
 
     ttft = interleaved({"imprag": imprag_first, "in-context": baseline_first}, args.repeats)
-    print(f"time to first token: imprag {ttft['imprag']:.3f} s, in-context {ttft['in-context']:.3f} s, "
-          f"ratio {ttft['imprag'] / ttft['in-context']:.2f} (aim (t+1)/N = {(cfg.t + 1) / N:.2f})")
+    print(
+        f"time to first token: imprag {ttft['imprag']:.3f} s, in-context {ttft['in-context']:.3f} s, "
+        f"ratio {ttft['imprag'] / ttft['in-context']:.2f} (aim (t+1)/N = {(cfg.t + 1) / N:.2f})"
+    )
 
     def decode_rate(pr, ps) -> float:
         """Tokens/s of the steps after the first (the stream yields once per decoded token)."""
-        stamps = [time.perf_counter() for _ in m.generate_stream([pr], passages=ps, max_new_tokens=args.decode_tokens)]
+        stamps = [
+            time.perf_counter()
+            for _ in m.generate_stream([pr], passages=ps, max_new_tokens=args.decode_tokens)
+        ]
         return (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
 
     story = " Write a long story about the history of physics prizes."
@@ -64,7 +70,9 @@ def main() -> None:
         "imprag": decode_rate(prompt + story, [passages]),
         "in-context": decode_rate(in_context + story, None),
     }
-    print(f"decode tokens/s after the first: imprag {rates['imprag']:.1f}, in-context {rates['in-context']:.1f}")
+    print(
+        f"decode tokens/s after the first: imprag {rates['imprag']:.1f}, in-context {rates['in-context']:.1f}"
+    )
 
     batch = docs[: args.embed_passages]
 
@@ -79,9 +87,11 @@ def main() -> None:
             m.lm(input_ids=ids, attention_mask=mask)
 
     emb = interleaved({"bottom": embed, "full": full_forward}, args.repeats)
-    print(f"passage embedding: bottom layers {len(batch) / emb['bottom']:.1f} passages/s, full forward "
-          f"{len(batch) / emb['full']:.1f} passages/s, speed-up {emb['full'] / emb['bottom']:.2f}x "
-          f"(aim N/(b+1) = {N / (cfg.b + 1):.2f})")
+    print(
+        f"passage embedding: bottom layers {len(batch) / emb['bottom']:.1f} passages/s, full forward "
+        f"{len(batch) / emb['full']:.1f} passages/s, speed-up {emb['full'] / emb['bottom']:.2f}x "
+        f"(aim N/(b+1) = {N / (cfg.b + 1):.2f})"
+    )
 
 
 if __name__ == "__main__":
