@@ -25,8 +25,7 @@ def test_every_artefact_is_written(demo_run):
     expected = [
         "world/world.json",
         "world/passages.jsonl",
-        "pretrain-world/world.json",
-        "backbone/final/imprag.json",
+        "backbone/init/imprag.json",
         "mined/nq-train.jsonl",
         "mined/hotpotqa-train.jsonl",
         "train/final/imprag.json",
