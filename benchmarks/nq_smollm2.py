@@ -1,0 +1,423 @@
+"""Real-data benchmark: ImpRAG fine-tuning of SmolLM2-135M (b=7, t=21) on NQ with BM25 / dense pseudo
+labels, evaluated on NQ dev and HotpotQA dev against RA-IT (rag-bm25, rag-dense) and closed-book, all
+reading with the same fine-tuned LM, over the 12,585 shared Wikipedia passages.
+
+    python benchmarks/nq_smollm2.py --profile cpu --threads 1     # 2 CPU cores, 35-60 min (cuts below)
+    python benchmarks/nq_smollm2.py --profile gpu                 # full size, one GPU (see the config)
+    python benchmarks/nq_smollm2.py --profile cpu --only retrieval,eval   # some steps only
+
+Steps (each prints the `imprag` command it runs; each resumes or is skipped when its output exists, so
+an interrupted run is re-run with the same command):
+
+    pull       imprag pull smollm2                        (once; a converted copy is reused)
+    mine       imprag mine --retriever dense|bm25         pseudo labels for nq/train.jsonl (top 50)
+    train      imprag train --config configs/nq_smollm2_<profile>.yaml
+    index      imprag index                               the 12,585 passages with the trained bottom layers
+    retrieval  in-process: answer / gold-passage recall@1/5/10/20 of the implicit query, BM25 and dense on
+               the whole of nq/dev (500) and hotpotqa/dev (100) (cheap: no generation)
+    eval       imprag eval --method imprag|rag-bm25|rag-dense|closed-book on both dev files (--limit)
+    report     imprag report + OUT/summary.md (EM, answer recall, retrieval table, training cost)
+
+Budget of the CPU profile, measured on 2 cores shared with 3-4 other jobs (OMP_NUM_THREADS=1, so each
+job gets ~0.5 core; see docs/benchmarks.md): mine 1 min, train 7 min, index 23 min, retrieval 3 min,
+eval ~25 min (closed-book, rag-bm25 and rag-dense run in a second process beside the index). That is
+~35 min of wall time only with the eval overlapped with the index; on an idle machine with 2 threads it
+is roughly half. What the CPU profile cuts against the GPU recipe (configs/nq_smollm2_cpu.yaml marks
+each CUT): LoRA r=16 instead of full fine-tuning; passages cut to 64 tokens (l_max 64, GPU 128); a
+60-step retrieval-only warmup (batch 16, 1 positive per pseudo-label file + 1 hard negative; GPU: 3
+epochs, 5 positives, 4 hard negatives, batch 64) and no self-distillation stage (GPU: 7 epochs); EM on
+the first 40 NQ / 20 HotpotQA dev questions with k=5 (GPU: all, k=10). Retrieval recall is always
+measured on the whole dev files (500 NQ, 100 HotpotQA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import REPO, SHARED
+
+STEPS = ("pull", "mine", "train", "index", "retrieval", "eval", "report")
+METHODS = ("imprag", "rag-bm25", "rag-dense", "closed-book")
+RETRIEVERS = ("dense", "bm25")
+KS = (1, 5, 10, 20)
+PROFILES: dict[str, dict[str, Any]] = {
+    "cpu": {"nq_limit": 40, "hotpot_limit": 20, "k": 5, "batch_size": 8, "index_batch": 32},
+    "gpu": {"nq_limit": None, "hotpot_limit": None, "k": 10, "batch_size": 32, "index_batch": 256},
+}
+
+
+def step(cmd: list[str], env: dict[str, str]) -> float:
+    """Run one printed command from the repository root; stop the benchmark if it fails."""
+    print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=REPO, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"step failed with exit code {done.returncode}: {' '.join(cmd)}")
+    return time.perf_counter() - start
+
+
+def recall_table(
+    model_dir: Path,
+    index_dir: Path,
+    untrained: tuple[Path, Path] | None,
+    data: dict[str, Path],
+    passages: Path,
+    cache_dir: Path,
+) -> dict[str, Any]:
+    """Answer and gold-passage recall@k of the implicit query (trained, and untrained when given), BM25 and
+    dense, each question's whole prompt as the explicit retrievers' query, over every dev question."""
+    from imprag.data.kilt import load_examples
+    from imprag.eval.methods import PassageLookup
+    from imprag.eval.metrics import answer_recall
+    from imprag.index.faiss_index import Index
+    from imprag.model.imprag import ImpRAG
+    from imprag.retrievers import load_retriever
+
+    top = max(KS)
+    examples = {name: load_examples(path, name, require_answers=True) for name, path in data.items()}
+    ranked: dict[str, dict[str, list[list[dict[str, Any]]]]] = {}  # system -> task -> per question passages
+    systems = [("imprag", model_dir, index_dir)]
+    if untrained is not None:
+        systems.append(("imprag (untrained)", untrained[0], untrained[1]))
+    for label, mdir, idir in systems:
+        model = ImpRAG.from_pretrained(mdir)
+        index = Index.load(idir, model=model)
+        ranked[label] = {
+            name: index.retrieve(model, [e.prompt for e in exs], k=top) for name, exs in examples.items()
+        }
+    lookup = PassageLookup(passages)
+    for name in RETRIEVERS:
+        retriever = load_retriever(name, passages, cache_dir=cache_dir)
+        ranked[name] = {}
+        for task, exs in examples.items():
+            ids, _ = retriever.search([e.prompt for e in exs], top)
+            ranked[name][task] = [[lookup.get(pid) for pid in row] for row in ids]
+    out: dict[str, Any] = {}
+    for label, per_task in ranked.items():
+        out[label] = {}
+        for task, rows in per_task.items():
+            exs = examples[task]
+            m: dict[str, float] = {"n": len(exs)}
+            for k in KS:
+                ans = [answer_recall(e.answers, r, k) for e, r in zip(exs, rows)]
+                m[f"answer_recall@{k}"] = sum(a or 0.0 for a in ans) / len(exs)
+                gold = [
+                    (g, {str(p["id"]) for p in r[:k]})
+                    for e, r in zip(exs, rows)
+                    if (g := {p.passage_id for p in e.provenance if p.passage_id})
+                ]
+                m[f"gold_recall@{k}"] = sum(bool(g & got) for g, got in gold) / max(1, len(gold))
+            out[label][task] = m
+    return out
+
+
+def recall_markdown(table: dict[str, Any]) -> str:
+    lines = []
+    tasks = list(next(iter(table.values())))
+    for task in tasks:
+        n = next(iter(table.values()))[task]["n"]
+        lines += [
+            f"**{task} dev, all {n} questions** (answer recall / gold-passage recall, %)",
+            "",
+            "| retriever | "
+            + " | ".join(f"ans R@{k}" for k in KS)
+            + " | "
+            + " | ".join(f"gold R@{k}" for k in KS)
+            + " |",
+            "|---|" + "---:|" * (2 * len(KS)),
+        ]
+        for label, per_task in table.items():
+            m = per_task[task]
+            cells = [f"{100 * m[f'answer_recall@{k}']:.1f}" for k in KS]
+            cells += [f"{100 * m[f'gold_recall@{k}']:.1f}" for k in KS]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def training_cost(train_dir: Path) -> dict[str, Any]:
+    """Tokens and wall time of the training run (its metrics.jsonl), and the machine it ran on."""
+    rows = []
+    path = train_dir / "metrics.jsonl"
+    if path.exists():
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    steps = [r for r in rows if "loss" in r]
+    last = steps[-1] if steps else {}
+    hw = train_dir / "hardware.json"
+    return {
+        "steps": last.get("step"),
+        "tokens": last.get("tokens"),
+        "seconds": last.get("elapsed"),
+        "tokens_per_s": round(last["tokens"] / last["elapsed"], 1) if last.get("elapsed") else None,
+        "first_loss": steps[0].get("loss") if steps else None,
+        "last_loss": last.get("loss"),
+        "hardware": json.loads(hw.read_text())["hardware"] if hw.exists() else "not recorded",
+    }
+
+
+def hardware(env: dict[str, str]) -> str:
+    """The machine a step ran on: the GPU(s), else the CPU with its core count and OpenMP threads."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}"
+    threads = env.get("OMP_NUM_THREADS", f"default ({torch.get_num_threads()})")
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, OMP_NUM_THREADS {threads}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", choices=tuple(PROFILES), default="cpu")
+    ap.add_argument(
+        "--config", type=Path, default=None, help="train config (default configs/nq_smollm2_<profile>.yaml)"
+    )
+    ap.add_argument(
+        "--out", type=Path, default=None, help="default runs/nq_smollm2 (cpu) or runs/nq_smollm2_gpu"
+    )
+    ap.add_argument(
+        "--model", type=Path, default=REPO / ".cache" / "smollm2", help="SmolLM2 folder (pulled if absent)"
+    )
+    ap.add_argument("--data-dir", type=Path, default=SHARED)
+    ap.add_argument("--cache-dir", type=Path, default=None, help="retriever cache (default ~/.cache/imprag)")
+    ap.add_argument("--nq-limit", type=int, default=None, help="NQ dev questions generated (profile default)")
+    ap.add_argument("--hotpot-limit", type=int, default=None, help="HotpotQA dev questions generated")
+    ap.add_argument("-k", type=int, default=None, help="passages read per question in eval (profile default)")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--only", default=",".join(STEPS), help=f"comma-separated steps of {', '.join(STEPS)}")
+    ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS (1 on a shared CPU)")
+    ap.add_argument(
+        "--untrained-index",
+        type=Path,
+        default=None,
+        help="an index of the *untrained* model (imprag index --model MODEL): adds its implicit-query recall",
+    )
+    ap.add_argument(
+        "--untrained-model",
+        type=Path,
+        default=None,
+        help="the model that built --untrained-index (default --model)",
+    )
+    args = ap.parse_args()
+    prof = PROFILES[args.profile]
+    out = args.out or REPO / "runs" / ("nq_smollm2" if args.profile == "cpu" else "nq_smollm2_gpu")
+    config = args.config or REPO / "configs" / f"nq_smollm2_{args.profile}.yaml"
+    passages = args.data_dir / "wiki" / "passages.jsonl"
+    dev = {"nq": args.data_dir / "nq" / "dev.jsonl", "hotpotqa": args.data_dir / "hotpotqa" / "dev.jsonl"}
+    train_file = args.data_dir / "nq" / "train.jsonl"
+    for p in (passages, train_file, *dev.values()):
+        if not p.exists():
+            raise SystemExit(f"needs the real data: {p} is missing (see ../shared/data/README.md)")
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    if only - set(STEPS):
+        raise SystemExit(f"--only: unknown steps {sorted(only - set(STEPS))}; choose from {', '.join(STEPS)}")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    imprag = str(Path(sys.executable).with_name("imprag"))
+    cache = ["--cache-dir", str(args.cache_dir)] if args.cache_dir else []
+    out.mkdir(parents=True, exist_ok=True)
+    timings_path = out / "timings.json"
+    seconds: dict[str, float] = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+
+    def record(name: str, secs: float, add: bool = True) -> None:
+        # re-read first: two runs of this script (e.g. --methods split over two processes) share the file
+        if timings_path.exists():
+            seconds.update(json.loads(timings_path.read_text()))
+        seconds[name] = round((seconds.get(name, 0.0) if add else 0.0) + secs, 1)
+        timings_path.write_text(json.dumps(seconds, indent=1))
+
+    def timed(name: str, cmd: list[str]) -> None:
+        record(name, step(cmd, env))
+
+    if "pull" in only and not (args.model / "imprag.json").exists():
+        timed("pull", [imprag, "pull", "smollm2", "--out", str(args.model)])
+    mined = {r: out / "mined" / f"nq-train-{r}.jsonl" for r in RETRIEVERS}
+    if "mine" in only:
+        for r, path in mined.items():
+            if not path.exists():
+                timed(
+                    f"mine-{r}",
+                    [
+                        imprag,
+                        "mine",
+                        "--passages",
+                        str(passages),
+                        "--data",
+                        str(train_file),
+                        "--task",
+                        "nq",
+                        "--retriever",
+                        r,
+                        "--top-k",
+                        "50",
+                        "--out",
+                        str(path),
+                        *cache,
+                    ],
+                )
+    train_dir = out / "train"
+    final = train_dir / "final"
+    if "train" in only and not final.exists():
+        overrides = [
+            "--out",
+            str(train_dir),
+            "--model.path",
+            str(args.model),
+            "--data.passages",
+            str(passages),
+        ]
+        for i, r in enumerate(RETRIEVERS):
+            overrides += [f"--data.retrieval.{i}.path", str(mined[r])]
+        if args.profile == "gpu":  # gold-passage recall on NQ dev during training (cheap on a GPU)
+            overrides += ["--eval.dev", str(dev["nq"])]
+        timed("train", [imprag, "train", "--config", str(config), *overrides, "--resume", "true"])
+        (train_dir / "hardware.json").write_text(json.dumps({"hardware": hardware(env)}))
+    index_dir = out / "index"
+    if "index" in only and not (index_dir / "metadata.json").exists():
+        timed(
+            "index",
+            [
+                imprag,
+                "index",
+                "--model",
+                str(final),
+                "--passages",
+                str(passages),
+                "--out",
+                str(index_dir),
+                "--batch-size",
+                str(prof["index_batch"]),
+            ],
+        )
+    if "retrieval" in only:
+        start = time.perf_counter()
+        untrained = (
+            None
+            if args.untrained_index is None
+            else (args.untrained_model or args.model, args.untrained_index)
+        )
+        table = recall_table(
+            final,
+            index_dir,
+            untrained,
+            dev,
+            passages,
+            args.cache_dir or Path(os.environ.get("IMPRAG_CACHE", Path.home() / ".cache" / "imprag")),
+        )
+        (out / "retrieval.json").write_text(json.dumps(table, indent=1))
+        (out / "retrieval.md").write_text(recall_markdown(table))
+        print(recall_markdown(table))
+        record("retrieval", time.perf_counter() - start, add=False)
+    k = args.k or prof["k"]
+    limits = {"nq": args.nq_limit or prof["nq_limit"], "hotpotqa": args.hotpot_limit or prof["hotpot_limit"]}
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    runs: list[Path] = []
+    for task, path in dev.items():
+        for method in methods:
+            run_dir = out / "eval" / f"{task}-{method}"
+            runs.append(run_dir)
+            if "eval" not in only or (run_dir / "metrics.json").exists():
+                continue
+            cmd = [
+                imprag,
+                "eval",
+                "--model",
+                str(final),
+                "--data",
+                str(path),
+                "--task",
+                task,
+                "--method",
+                method,
+                "--out",
+                str(run_dir),
+                "-k",
+                str(k),
+                "--batch-size",
+                str(prof["batch_size"]),
+                "--passages",
+                str(passages),
+                *cache,
+                "--quiet",
+            ]
+            if limits[task]:
+                cmd += ["--limit", str(limits[task])]
+            if method == "imprag":
+                cmd += ["--index", str(index_dir)]
+            timed(f"eval-{task}-{method}", cmd)
+    if "report" in only:
+        done = [r for r in runs if (r / "metrics.json").exists()]
+        if done:
+            timed(
+                "report",
+                [
+                    imprag,
+                    "report",
+                    "--out",
+                    str(out / "report"),
+                    "--title",
+                    f"SmolLM2-135M ImpRAG ({args.profile} recipe)",
+                    *map(str, done),
+                ],
+            )
+        write_summary(out, done, k, limits, seconds)
+
+
+def write_summary(
+    out: Path, runs: list[Path], k: int, limits: dict[str, int | None], seconds: dict[str, float]
+) -> None:
+    """OUT/summary.md: EM and answer recall per method and task, the retrieval table, training cost, timings."""
+    lines = ["# SmolLM2-135M ImpRAG on NQ / HotpotQA dev", ""]
+    if runs:
+        lines += [
+            f"Generation: k = {k}, first {limits} questions; EM and answer recall in %.",
+            "",
+            "| task | method | n | EM | F1 | ans R@1 | ans R@5 | ans R@10 |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in runs:
+            doc = json.loads((r / "metrics.json").read_text())
+            for task, t in doc["tasks"].items():
+                m = t["metrics"]
+
+                def pct(key: str, m: dict[str, Any] = m) -> str:
+                    return "-" if m.get(key) is None else f"{100 * m[key]:.1f}"
+
+                lines.append(
+                    f"| {task} | {doc['method']} | {t['n']} | {pct('em')} | {pct('f1')} | "
+                    f"{pct('answer_recall@1')} | {pct('answer_recall@5')} | {pct('answer_recall@10')} |"
+                )
+        lines.append("")
+    if (out / "retrieval.md").exists():
+        lines += ["## Retrieval over the 12,585 passages", "", (out / "retrieval.md").read_text()]
+    cost = training_cost(out / "train")
+    lines += [
+        "## Training cost",
+        "",
+        "```",
+        json.dumps(cost, indent=1),
+        "```",
+        "",
+        "## Step wall times (s)",
+        "",
+        "```",
+        json.dumps(seconds, indent=1),
+        "```",
+        "",
+    ]
+    (out / "summary.md").write_text("\n".join(lines))
+    print(f"wrote {out / 'summary.md'}")
+
+
+if __name__ == "__main__":
+    main()
