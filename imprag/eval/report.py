@@ -192,15 +192,14 @@ def plot(rows: list[Row], path: str | Path, title: str = "ImpRAG evaluation") ->
             if with_avg:
                 em, rec, _ = average(r, cols)
                 vals.append(em if panel == 0 else rec)
-            if all(v is None for v in vals):
-                continue
             heights = [0.0 if v is None else 100 * v for v in vals]
             pos = x - 0.4 + width * (i + 0.5)
             bars = ax.bar(pos, heights, width, label=r.label, color=colours[i % len(colours)])
-            for b, v in zip(bars, vals):
-                if v is not None:
+            for j, (b, v) in enumerate(zip(bars, vals)):
+                has_task = j == len(cols) or cols[j] in r.cells  # the Avg bar, or a task this row ran
+                if v is not None or has_task:
                     ax.annotate(
-                        f"{100 * v:.0f}",
+                        "n/a" if v is None else f"{100 * v:.0f}",
                         (b.get_x() + b.get_width() / 2, b.get_height()),
                         ha="center",
                         va="bottom",

@@ -40,6 +40,9 @@ PARTS = ("lm", "nce", "distill")
 def train(config: TrainConfig) -> Path:
     """Train as configured; returns the final ImpRAG folder (out/final)."""
     cfg = config.validate()
+    # Saturated softmaxes (large retrieval scores) fill the backward pass with denormal floats, which
+    # made CPU steps ~9x slower (measured 36 s vs 4 s); flushing them to zero changes nothing visible.
+    torch.set_flush_denormal(True)
     env = init_distributed(cfg.device, cfg.distributed.backend, cfg.distributed.timeout_s)
     try:
         return _Trainer(cfg, env).run()
