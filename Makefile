@@ -26,8 +26,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check imprag tests benchmarks
 	$(VENV)/bin/mypy
 
+# One OpenMP thread per process: several tests start subprocesses (torchrun, kill -9 + resume, servers),
+# and two threads each on two shared cores made them 5-10x slower here.
 test: lint
-	$(VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
