@@ -55,7 +55,7 @@ SIZES = {
     "tiny": DemoSize(  # the CI smoke test: every step, minutes-scale numbers shrunk to seconds
         entities=300,
         pretrain_steps=0,
-        warmup_steps=30,
+        warmup_steps=60,
         distill_steps=3,
         warmup_batch=32,
         distill_batch=4,
