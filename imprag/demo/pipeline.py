@@ -69,7 +69,7 @@ SIZES = {
     "small": DemoSize(
         entities=1500,
         pretrain_steps=0,
-        warmup_steps=150,
+        warmup_steps=260,
         distill_steps=40,
         warmup_batch=64,
         distill_batch=8,
@@ -330,7 +330,7 @@ class Demo:
                         ),
                     ],
                     loss=LossConfig(tau_t=1.0, tau_r=1.0),
-                    optim=OptimConfig(lr=s.lr_warmup, schedule="constant", warmup_steps=10),
+                    optim=OptimConfig(lr=s.lr_warmup, schedule="cosine", warmup_steps=10, min_lr_ratio=0.1),
                     eval=EvalConfig(
                         dev=str(mined / "nq-dev.jsonl"),
                         every=max(25, s.warmup_steps // 4),
