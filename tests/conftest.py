@@ -36,3 +36,46 @@ def smollm2_dir() -> Path:
     from imprag.model.pull import pull
 
     return pull("smollm2", REPO / ".cache" / "smollm2")
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tmp_path_factory, tiny_model_dir) -> Path:
+    """A real `imprag index` over 40 random-word passages, built by `tiny_model_dir` (the passages file is
+    `<index>/../passages.jsonl`)."""
+    import json
+
+    import numpy as np
+
+    from imprag.cli import main
+
+    tmp = tmp_path_factory.mktemp("tiny_index")
+    rng = np.random.default_rng(1)
+    words = (
+        "the capital of France is Paris river flows north through valley author wrote book king queen".split()
+    )
+    passages = tmp / "passages.jsonl"
+    passages.write_text(
+        "".join(
+            json.dumps({"id": f"d{i}", "title": f"Doc {i}", "text": " ".join(rng.choice(words, size=12))})
+            + "\n"
+            for i in range(40)
+        ),
+        encoding="utf-8",
+    )
+    index = tmp / "index"
+    assert (
+        main(
+            [
+                "index",
+                "--model",
+                str(tiny_model_dir),
+                "--passages",
+                str(passages),
+                "--out",
+                str(index),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    return index

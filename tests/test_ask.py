@@ -17,31 +17,9 @@ PROMPT = "Q: which river flows through the capital? A:"
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, tiny_model_dir):
+def built(tmp_path_factory, tiny_model_dir, tiny_index):
     tmp = tmp_path_factory.mktemp("ask")
-    rng = np.random.default_rng(3)
-    words = "the capital of France is Paris river flows north through valley author wrote book king".split()
-    recs = [
-        {"id": f"d{i}", "title": f"Doc {i}", "text": " ".join(rng.choice(words, size=10))} for i in range(30)
-    ]
-    passages = tmp / "p.jsonl"
-    passages.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
-    index = tmp / "index"
-    assert (
-        main(
-            [
-                "index",
-                "--model",
-                str(tiny_model_dir),
-                "--passages",
-                str(passages),
-                "--out",
-                str(index),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    index = tiny_index
     model = ImpRAG.from_pretrained(tiny_model_dir)
     return {
         "dir": tiny_model_dir,

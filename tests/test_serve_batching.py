@@ -3,14 +3,11 @@ the library answers it alone (per-request max_tokens, stop strings and k inside 
 
 from __future__ import annotations
 
-import json
 import queue
 
-import numpy as np
 import pytest
 
 from imprag import rag
-from imprag.cli import main
 from imprag.index.faiss_index import Index
 from imprag.model.imprag import ImpRAG
 from imprag.serve.batching import (
@@ -36,33 +33,8 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def mi(tmp_path_factory, tiny_model_dir):
-    tmp = tmp_path_factory.mktemp("batching")
-    rng = np.random.default_rng(1)
-    words = (
-        "the capital of France is Paris river flows north through valley author wrote book king queen".split()
-    )
-    recs = [
-        {"id": f"d{i}", "title": f"Doc {i}", "text": " ".join(rng.choice(words, size=12))} for i in range(40)
-    ]
-    passages = tmp / "p.jsonl"
-    passages.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
-    out = tmp / "index"
-    assert (
-        main(
-            [
-                "index",
-                "--model",
-                str(tiny_model_dir),
-                "--passages",
-                str(passages),
-                "--out",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+def mi(tiny_model_dir, tiny_index):
+    out = tiny_index
     model = ImpRAG.from_pretrained(tiny_model_dir)
     return model, Index.load(out, model=model)
 

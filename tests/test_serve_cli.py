@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 from imprag.cli import main
@@ -22,31 +21,9 @@ from imprag.model.tiny import save_tiny
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
+def built(tmp_path_factory, tiny_model_dir, tiny_index) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("serve_cli")
-    rng = np.random.default_rng(2)
-    words = "the capital of France is Paris river flows north through valley author wrote book king".split()
-    recs = [
-        {"id": f"d{i}", "title": f"Doc {i}", "text": " ".join(rng.choice(words, size=10))} for i in range(30)
-    ]
-    passages = tmp / "p.jsonl"
-    passages.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
-    index = tmp / "index"
-    assert (
-        main(
-            [
-                "index",
-                "--model",
-                str(tiny_model_dir),
-                "--passages",
-                str(passages),
-                "--out",
-                str(index),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    index = tiny_index
     other = save_tiny(tmp / "other", seed=1)  # same shapes, other weights
     return {"model": tiny_model_dir, "index": index, "other": other}
 
