@@ -38,6 +38,15 @@ def smollm2_dir() -> Path:
     return pull("smollm2", REPO / ".cache" / "smollm2")
 
 
+def build_index(model_dir: Path, passages: Path, out: Path) -> Path:
+    """`imprag index --model MODEL --passages FILE --out OUT --quiet`, asserting it succeeds."""
+    from imprag.cli import main
+
+    args = ["index", "--model", str(model_dir), "--passages", str(passages), "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_index(tmp_path_factory, tiny_model_dir) -> Path:
     """A real `imprag index` over 40 random-word passages, built by `tiny_model_dir` (the passages file is
@@ -45,8 +54,6 @@ def tiny_index(tmp_path_factory, tiny_model_dir) -> Path:
     import json
 
     import numpy as np
-
-    from imprag.cli import main
 
     tmp = tmp_path_factory.mktemp("tiny_index")
     rng = np.random.default_rng(1)
@@ -63,19 +70,5 @@ def tiny_index(tmp_path_factory, tiny_model_dir) -> Path:
         encoding="utf-8",
     )
     index = tmp / "index"
-    assert (
-        main(
-            [
-                "index",
-                "--model",
-                str(tiny_model_dir),
-                "--passages",
-                str(passages),
-                "--out",
-                str(index),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    build_index(tiny_model_dir, passages, index)
     return index

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import build_index
 
 from imprag.cli import main
 from imprag.commands.score import score_files
@@ -146,21 +147,7 @@ def world(tmp_path_factory, tiny_model_dir) -> dict:
     passages = write_passages(root / "passages.jsonl")
     tasks = write_tasks(root / "tasks")
     index = root / "index"
-    assert (
-        main(
-            [
-                "index",
-                "--model",
-                str(tiny_model_dir),
-                "--passages",
-                str(passages),
-                "--out",
-                str(index),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    build_index(tiny_model_dir, passages, index)
     return {
         "root": root,
         "passages": passages,

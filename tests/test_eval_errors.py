@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import build_index
 
 from imprag.cli import main
 
@@ -40,21 +41,7 @@ def setup(tmp_path_factory, tiny_model_dir) -> dict:
     passages = _jsonl(root / "passages.jsonl", PASSAGES)
     nq = _jsonl(root / "nq-dev.jsonl", NQ)
     index = root / "index"
-    assert (
-        main(
-            [
-                "index",
-                "--model",
-                str(tiny_model_dir),
-                "--passages",
-                str(passages),
-                "--out",
-                str(index),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    build_index(tiny_model_dir, passages, index)
     return {"root": root, "passages": passages, "nq": nq, "index": index, "model": tiny_model_dir}
 
 

@@ -12,9 +12,9 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from conftest import build_index
 
 from imprag import rag
-from imprag.cli import main
 from imprag.index.faiss_index import Index
 from imprag.model.imprag import ImpRAG
 from imprag.serve.app import create_app
@@ -49,21 +49,7 @@ def setup(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("serve")
     passages = write_corpus(tmp / "passages.jsonl")
     out = tmp / "index"
-    assert (
-        main(
-            [
-                "index",
-                "--model",
-                str(tiny_model_dir),
-                "--passages",
-                str(passages),
-                "--out",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    build_index(tiny_model_dir, passages, out)
     model = ImpRAG.from_pretrained(tiny_model_dir)
     index = Index.load(out, model=model)
     config = ServeConfig(
