@@ -3,7 +3,7 @@ labels, evaluated on NQ dev and HotpotQA dev against RA-IT (rag-bm25, rag-dense)
 reading with the same fine-tuned LM, over the 12,585 shared Wikipedia passages.
 
     python benchmarks/nq_smollm2.py --profile cpu --threads 1     # 2 CPU cores, 35-60 min (cuts below)
-    python benchmarks/nq_smollm2.py --profile gpu                 # full size, one GPU (see the config)
+    python benchmarks/nq_smollm2.py --profile gpu                 # one GPU (steps timed on one H100 below)
     python benchmarks/nq_smollm2.py --profile cpu --only retrieval,eval   # some steps only
 
 Steps (each prints the `imprag` command it runs; each resumes or is skipped when its output exists, so
@@ -28,6 +28,11 @@ each CUT): LoRA r=16 instead of full fine-tuning; passages cut to 64 tokens (l_m
 epochs, 5 positives, 4 hard negatives, batch 64) and no self-distillation stage (GPU: 7 epochs); EM on
 the first 40 NQ / 20 HotpotQA dev questions with k=5 (GPU: all, k=10). Retrieval recall is always
 measured on the whole dev files (500 NQ, 100 HotpotQA).
+
+The GPU profile (configs/nq_smollm2_gpu.yaml: full fine-tuning, a training budget of max_minutes 3) ran
+on one H100: train 204 s, index 19 s, retrieval 42 s, the one evaluation that finished (ImpRAG, 500 NQ
+questions, k=10) 29 s; the others ran out of memory beside another job (docs/benchmarks.md). Run the
+evaluations one at a time on a GPU shared with other jobs.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ RETRIEVERS = ("dense", "bm25")
 KS = (1, 5, 10, 20)
 PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {"nq_limit": 40, "hotpot_limit": 20, "k": 5, "batch_size": 8, "index_batch": 32},
-    "gpu": {"nq_limit": None, "hotpot_limit": None, "k": 10, "batch_size": 32, "index_batch": 256},
+    "gpu": {"nq_limit": None, "hotpot_limit": None, "k": 10, "batch_size": 64, "index_batch": 256},
 }
 
 
@@ -75,6 +80,8 @@ def recall_table(
 ) -> dict[str, Any]:
     """Answer and gold-passage recall@k of the implicit query (trained, and untrained when given), BM25 and
     dense, each question's whole prompt as the explicit retrievers' query, over every dev question."""
+    import torch
+
     from imprag.data.kilt import load_examples
     from imprag.eval.methods import PassageLookup
     from imprag.eval.metrics import answer_recall
@@ -89,7 +96,7 @@ def recall_table(
     if untrained is not None:
         systems.append(("imprag (untrained)", untrained[0], untrained[1]))
     for label, mdir, idir in systems:
-        model = ImpRAG.from_pretrained(mdir)
+        model = ImpRAG.from_pretrained(mdir, device="cuda" if torch.cuda.is_available() else None)
         index = Index.load(idir, model=model)
         ranked[label] = {
             name: index.retrieve(model, [e.prompt for e in exs], k=top) for name, exs in examples.items()
@@ -223,7 +230,7 @@ def main() -> None:
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    imprag = str(Path(sys.executable).with_name("imprag"))
+    imprag = [sys.executable, "-m", "imprag"]  # works where the package is on PYTHONPATH, not installed
     cache = ["--cache-dir", str(args.cache_dir)] if args.cache_dir else []
     out.mkdir(parents=True, exist_ok=True)
     timings_path = out / "timings.json"
@@ -240,7 +247,7 @@ def main() -> None:
         record(name, step(cmd, env))
 
     if "pull" in only and not (args.model / "imprag.json").exists():
-        timed("pull", [imprag, "pull", "smollm2", "--out", str(args.model)])
+        timed("pull", [*imprag, "pull", "smollm2", "--out", str(args.model)])
     mined = {r: out / "mined" / f"nq-train-{r}.jsonl" for r in RETRIEVERS}
     if "mine" in only:
         for r, path in mined.items():
@@ -248,7 +255,7 @@ def main() -> None:
                 timed(
                     f"mine-{r}",
                     [
-                        imprag,
+                        *imprag,
                         "mine",
                         "--passages",
                         str(passages),
@@ -280,14 +287,14 @@ def main() -> None:
             overrides += [f"--data.retrieval.{i}.path", str(mined[r])]
         if args.profile == "gpu":  # gold-passage recall on NQ dev during training (cheap on a GPU)
             overrides += ["--eval.dev", str(dev["nq"])]
-        timed("train", [imprag, "train", "--config", str(config), *overrides, "--resume", "true"])
+        timed("train", [*imprag, "train", "--config", str(config), *overrides, "--resume", "true"])
         (train_dir / "hardware.json").write_text(json.dumps({"hardware": hardware(env)}))
     index_dir = out / "index"
     if "index" in only and not (index_dir / "metadata.json").exists():
         timed(
             "index",
             [
-                imprag,
+                *imprag,
                 "index",
                 "--model",
                 str(final),
@@ -329,7 +336,7 @@ def main() -> None:
             if "eval" not in only or (run_dir / "metrics.json").exists():
                 continue
             cmd = [
-                imprag,
+                *imprag,
                 "eval",
                 "--model",
                 str(final),
@@ -361,7 +368,7 @@ def main() -> None:
             timed(
                 "report",
                 [
-                    imprag,
+                    *imprag,
                     "report",
                     "--out",
                     str(out / "report"),

@@ -55,6 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"imprag {name}: error: {e}", file=sys.stderr)
         return 2
+    except MemoryError as e:  # torch.OutOfMemoryError (CUDA) is a RuntimeError, handled below
+        print(f"imprag {name}: error: out of memory ({e}); lower --batch-size", file=sys.stderr)
+        return 3
+    except RuntimeError as e:  # torch.OutOfMemoryError, or the CPU allocator's "not enough memory"
+        if not any(m in str(e).lower() for m in ("out of memory", "not enough memory")):
+            raise
+        first = str(e).splitlines()[0]
+        print(
+            f"imprag {name}: error: {first.split('. ')[0]}; lower --batch-size (or free the GPU)",
+            file=sys.stderr,
+        )
+        return 3
     except KeyboardInterrupt:
         print(
             f"imprag {name}: interrupted; finished work is kept, run the same command to resume",

@@ -380,3 +380,20 @@ def test_finished_run_resume_is_a_no_op_and_a_task_file_can_be_the_dev_set(setup
     dev = load_dev(cfg.eval, load_passages(cfg.data.passages))
     assert dev.prompts == ["Q: Where does Alamar Ala live? A:"] and dev.gold == [{"p000"}]
     assert len(dev.index_ids) == 40  # a small corpus: the whole passages file is the index
+
+
+def test_max_minutes_stops_after_the_step_that_spends_the_budget_and_saves_final(setup, tmp_path):
+    root, corpus, model_path = setup
+    out = tmp_path / "run"
+    cfg = small_config(
+        root, corpus, model_path, out=str(out), max_minutes=1e-6, **{"eval.dev": str(corpus["dev"])}
+    )
+    final = train(cfg)
+    rows = loss_rows(out)
+    assert [r["step"] for r in rows] == [1]  # 4 steps planned; the first one already outlasts 60 us
+    evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert [e["step"] for e in evals] == [1]  # the final evaluation names the step it stopped at
+    assert ImpRAG.from_pretrained(final).generate(["Q: Where? A:"], [["a passage"]], max_new_tokens=1)
+    cfg.max_minutes = 0
+    with pytest.raises(UserError, match="max_minutes"):
+        cfg.validate()

@@ -17,11 +17,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backbone", default="tiny", help="tiny (pretrained here in minutes) or smollm2 (real 135M weights)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--train-minutes",
+        type=float,
+        default=None,
+        help="stop training after this many minutes and go on with the model as it stands",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     summary = Demo(
-        DemoConfig(out=Path(args.out), size=args.size, backbone=args.backbone, seed=args.seed)
+        DemoConfig(
+            out=Path(args.out),
+            size=args.size,
+            backbone=args.backbone,
+            seed=args.seed,
+            train_minutes=args.train_minutes,
+        )
     ).run()
     print(Path(summary["report"]).read_text())
     print(f"chart: {summary['chart']}\n")

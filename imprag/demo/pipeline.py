@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class DemoSize:
     hard_negatives: int = 2
     lr_pretrain: float = 2e-3
     lr_warmup: float = 2e-3
+    nce_tau: float = 1.0  # NCE / retriever temperature
 
 
 SIZES = {
@@ -94,12 +95,31 @@ SIZES = {
 }
 
 
+def smollm2_size(size: DemoSize) -> DemoSize:
+    """The same world and schedule for the real 135M backbone, with the settings a pretrained model needs.
+
+    lr 1e-4 instead of 2e-3 (full fine-tuning of pretrained weights); temperature 8 because SmolLM2's raw
+    layer-7 q.k scores are ~+-100, which saturate a softmax at temperature 1; and a longer distillation
+    stage (with J_gen: the top-k passages read, plus the retrieval-free tasks), which is what teaches the
+    middle layers to answer from the passages. Measured on an H100 (docs/benchmarks.md): at 0.3x lr that
+    stage taught reading but undid the warmup's retrieval (dev recall@5 0.54 -> 0.10 in 98 steps); it
+    now runs at the 0.1x that the tiny recipe uses, not yet re-measured."""
+    return replace(
+        size,
+        lr_warmup=1e-4,
+        nce_tau=8.0,
+        distill_steps=max(size.distill_steps, size.warmup_steps),
+        distill_batch=max(size.distill_batch, 16),
+    )
+
+
 @dataclass
 class DemoConfig:
     out: Path = Path("runs/demo")
     size: str = "small"
     backbone: str = "tiny"  # tiny | smollm2
     seed: int = 0
+    train_minutes: float | None = None  # a time budget for training (None: the size's step counts)
     methods: list[str] = field(default_factory=lambda: ["imprag", "rag-bm25", "closed-book", "oracle"])
 
     def __post_init__(self) -> None:
@@ -113,7 +133,8 @@ class DemoConfig:
 class Demo:
     def __init__(self, cfg: DemoConfig):
         self.cfg = cfg
-        self.size = SIZES[cfg.size]
+        self.size = SIZES[cfg.size] if cfg.backbone == "tiny" else smollm2_size(SIZES[cfg.size])
+        self.device = "cuda" if _cuda() else "cpu"
         self.out = cfg.out
         self.timings: dict[str, float] = {}
 
@@ -329,7 +350,7 @@ class Demo:
                             lr_scale=0.1,
                         ),
                     ],
-                    loss=LossConfig(tau_t=1.0, tau_r=1.0),
+                    loss=LossConfig(tau_t=1.0, tau_r=s.nce_tau, nce_tau=s.nce_tau),
                     optim=OptimConfig(lr=s.lr_warmup, schedule="cosine", warmup_steps=10, min_lr_ratio=0.1),
                     eval=EvalConfig(
                         dev=str(mined / "nq-dev.jsonl"),
@@ -338,6 +359,7 @@ class Demo:
                         max_examples=200,
                     ),
                     seed=self.cfg.seed,
+                    max_minutes=self.cfg.train_minutes,
                     save_every=max(50, s.warmup_steps // 2),
                     resume=(out / "checkpoints").exists(),
                     overwrite=not (out / "checkpoints").exists(),
@@ -355,7 +377,7 @@ class Demo:
         out = self.out / "index"
 
         def run():
-            model = ImpRAG.from_pretrained(model_dir)
+            model = ImpRAG.from_pretrained(model_dir, device=self.device)
             build_index(
                 IndexBuildConfig(out=out, passages=self.passages, dtype="float32"), model_encoder(model)
             )
@@ -368,7 +390,7 @@ class Demo:
         from imprag.eval.runner import EvalConfig, run_eval
         from imprag.model.imprag import ImpRAG
 
-        model = ImpRAG.from_pretrained(model_dir)
+        model = ImpRAG.from_pretrained(model_dir, device=self.device)
         runs = []
         for method in self.cfg.methods:
             for task in EVAL_TASKS:
@@ -412,7 +434,7 @@ class Demo:
         from imprag.model.imprag import ImpRAG
         from imprag.rag import answer
 
-        model = ImpRAG.from_pretrained(model_dir)
+        model = ImpRAG.from_pretrained(model_dir, device=self.device)
         idx = Index.load(index, model=model)
         examples = load_examples(self.task_file("nq", "test"), "nq", limit=n)
         answers = answer(
@@ -448,6 +470,7 @@ class Demo:
         summary = {
             "size": self.cfg.size,
             "backbone": self.cfg.backbone,
+            "device": _device_name(self.device),
             "seconds": round(time.perf_counter() - start, 1),
             "step_seconds": {k: round(v, 1) for k, v in self.timings.items()},
             "report": str(report / "table.md"),
@@ -458,6 +481,22 @@ class Demo:
 
         atomic_write_json(self.out / "demo.json", summary)
         return summary
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _device_name(device: str) -> str:
+    import os
+
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def _jsonl_texts(path: Path) -> list[str]:

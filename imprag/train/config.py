@@ -161,6 +161,9 @@ class TrainConfig:
     resume: bool = option(False, "continue from the latest checkpoint in `out`")
     overwrite: bool = option(False, "start over even if `out` holds checkpoints of another run")
     progress: bool = option(True, "show a progress bar")
+    max_minutes: float | None = option(
+        None, "stop after this many minutes of training and save final/ as it stands (a time budget)"
+    )
 
     def validate(self) -> TrainConfig:
         """Semantic checks; each error names the flag and the fix."""
@@ -170,6 +173,8 @@ class TrainConfig:
             raise UserError("--out is required: the folder for checkpoints and metrics")
         if not self.stages:
             raise UserError("stages: give at least one stage (e.g. a warmup with objective nce)")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise UserError(f"--max_minutes must be > 0 (got {self.max_minutes})")
         for n, st in enumerate(self.stages):
             if st.lr_scale <= 0:
                 raise UserError(f"--stages.{n}.lr_scale must be > 0 (got {st.lr_scale})")

@@ -356,6 +356,7 @@ class _Trainer:
         window_tokens, window_t = 0, time.perf_counter()
         plan_of = {s: p for p in plans for s in range(p.start, p.end)}
         last_log: dict[str, Any] = {}
+        done, plan = start, plans[-1]  # what the final evaluation reports when no step runs
         try:
             for step in range(start, total_steps):
                 plan = plan_of[step]
@@ -390,12 +391,19 @@ class _Trainer:
                     self._evaluate(dev, model, wrapped, done, plan)
                 if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
                     self._save_checkpoint(done, model, wrapped, optimizer, scheduler, plan, info)
+                if done < total_steps and self._out_of_time(info["elapsed"]):
+                    log.warning(
+                        "max_minutes=%g reached after step %d of %d: saving the model as it stands",
+                        cfg.max_minutes,
+                        done,
+                        total_steps,
+                    )
+                    break
         finally:
             if bar is not None:
                 bar.close()
-        final_plan = plans[-1]
         if dev is not None:
-            self._evaluate(dev, model, wrapped, total_steps, final_plan)
+            self._evaluate(dev, model, wrapped, done, plan)
         save_model = self._save_model_fn(model, wrapped)
         if env.is_main:
             ck.write_dir_atomically(final, save_model)
@@ -406,6 +414,13 @@ class _Trainer:
             )
         env.barrier()
         return final
+
+    def _out_of_time(self, elapsed_s: float) -> bool:
+        """True once `max_minutes` of training time have passed on any process (all agree, so all stop)."""
+        if self.cfg.max_minutes is None:
+            return False
+        over = torch.tensor([float(elapsed_s > 60 * self.cfg.max_minutes)], device=self.env.device)
+        return bool(self.env.all_reduce_sum(over).item() > 0)
 
     def _evaluate(self, dev, model, wrapped, step: int, plan: StagePlan) -> None:
         from imprag.train.evaluate import dev_recall
