@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -315,3 +316,17 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, argv):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("imprag world: error:"), err
     assert not (tmp_path / "w").exists()
+
+
+def test_half_the_nq_train_questions_carry_a_request_that_no_unseen_instruction_shares(tasks):
+    from imprag.data.tasks import AIDA_TEMPLATE, FEVER_TEMPLATE, SLOT_TEMPLATE
+    from imprag.data.world_tasks import QA_REQUESTS
+
+    train = [r["input"] for r in tasks["nq"]["train"]]
+    with_request = [q for q in train if any(q.endswith(" " + x) for x in QA_REQUESTS)]
+    assert 0.4 < len(with_request) / len(train) < 0.6
+    assert not any(q.endswith(x) for q in (r["input"] for r in tasks["nq"]["test"]) for x in QA_REQUESTS)
+    function_words = {"a", "for", "in", "is", "it", "the", "this"}
+    unseen_words = set(re.findall(r"[a-z]+", (SLOT_TEMPLATE + FEVER_TEMPLATE + AIDA_TEMPLATE).lower()))
+    request_words = set(re.findall(r"[a-z]+", " ".join(QA_REQUESTS).lower()))
+    assert request_words & unseen_words <= function_words

@@ -45,6 +45,22 @@ _YEAR_BARE = {
     "painting": "completed",
 }
 
+# Trailing requests added to half of the `nq` *train* questions, so that the implicit query learns to find
+# the knowledge need even when other words stand between it and the prompt's last token (measured: a
+# query trained on bare questions reads only the last few tokens; benchmarks/format_probe.py). None of
+# their words occurs in an unseen format's instruction.
+QA_REQUESTS = (
+    "Be brief.",
+    "Keep it short.",
+    "Reply in as few words as possible.",
+    "Just the name or value, please.",
+    "One short phrase is enough.",
+    "No explanation needed.",
+    "Please reply concisely, without any comment.",
+    "I need it quickly for a quiz.",
+)
+REQUEST_RATE = 0.5
+
 # --- single-hop questions: `nq` (seen) and `simpleqa` (unseen) use disjoint relations and phrasing ----
 NQ_QUESTIONS: dict[str, tuple[str, ...]] = {
     "born_in": ("Where was {e} born?", "In which city was {e} born?", "What is the birthplace of {e}?"),
@@ -317,7 +333,12 @@ class TaskMaker:
         return self._per_entity(task, make, cap_train)
 
     def nq(self) -> Rows:
-        return self._single(NQ_QUESTIONS, "nq", cap_train=False, per_entity=len(NQ_QUESTIONS))
+        rows = self._single(NQ_QUESTIONS, "nq", cap_train=False, per_entity=len(NQ_QUESTIONS))
+        rng = self.rng("nq-requests")  # its own stream: dev and test stay as they were
+        for r in rows["train"]:
+            if rng.random() < REQUEST_RATE:
+                r["input"] = f"{r['input']} {rng.choice(QA_REQUESTS)}"
+        return rows
 
     def simpleqa(self) -> Rows:
         return self._single(SIMPLEQA_QUESTIONS, "simpleqa", cap_train=True, per_entity=2)
