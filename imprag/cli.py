@@ -55,17 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"imprag {name}: error: {e}", file=sys.stderr)
         return 2
-    except MemoryError as e:  # torch.OutOfMemoryError (CUDA) is a RuntimeError, handled below
-        print(f"imprag {name}: error: out of memory ({e}); lower --batch-size", file=sys.stderr)
-        return 3
-    except RuntimeError as e:  # torch.OutOfMemoryError, or the CPU allocator's "not enough memory"
-        if not any(m in str(e).lower() for m in ("out of memory", "not enough memory")):
+    except (MemoryError, RuntimeError) as e:  # Python's, the CPU allocator's or CUDA's out-of-memory
+        text = str(e) or "out of memory"
+        if isinstance(e, RuntimeError) and not any(
+            m in text.lower() for m in ("out of memory", "not enough memory")
+        ):
             raise
-        first = str(e).splitlines()[0]
-        print(
-            f"imprag {name}: error: {first.split('. ')[0]}; lower --batch-size (or free the GPU)",
-            file=sys.stderr,
-        )
+        first = text.splitlines()[0].split(". ")[0]
+        print(f"imprag {name}: error: {first}; lower --batch-size (or free the GPU)", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print(

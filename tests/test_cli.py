@@ -28,3 +28,14 @@ def test_other_runtime_errors_are_not_disguised(monkeypatch, tmp_path):
     monkeypatch.setattr(world_command, "run", bug)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         main(["world", "--out", str(tmp_path / "w")])
+
+
+def test_python_memory_error_is_one_line_too(monkeypatch, capsys, tmp_path):
+    def oom(args):
+        raise MemoryError
+
+    monkeypatch.setattr(world_command, "run", oom)
+    assert main(["world", "--out", str(tmp_path / "w")]) == 3
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "imprag world: error: out of memory; lower --batch-size (or free the GPU)"
+    ]
