@@ -104,13 +104,15 @@ def smollm2_size(size: DemoSize) -> DemoSize:
     lr 1e-4 instead of 2e-3 (full fine-tuning of pretrained weights); temperature 8 because SmolLM2's raw
     layer-7 q.k scores are ~+-100, which saturate a softmax at temperature 1; and a longer distillation
     stage (with J_gen: the top-k passages read, plus the retrieval-free tasks), which is what teaches the
-    middle layers to answer from the passages. Measured on an H100 (docs/benchmarks.md): at 0.3x lr that
-    stage taught reading but undid the warmup's retrieval (dev recall@5 0.54 -> 0.10 in 98 steps); it
-    now runs at the 0.1x that the tiny recipe uses, not yet re-measured."""
+    middle layers to answer from the passages. Measured on an H100 (docs/benchmarks.md): at 0.3x lr and
+    straight after the retrieval-only warmup, that stage taught reading but undid the warmup's retrieval
+    (dev recall@5 0.54 -> 0.10 in 98 steps). As for the full tiny size, where a joint stage first kept
+    retrieval, it now follows a joint stage (NCE + J_gen) and runs at 0.1x lr; not yet re-measured."""
     return replace(
         size,
         lr_warmup=1e-4,
         nce_tau=8.0,
+        joint_steps=max(size.joint_steps, size.warmup_steps // 2),
         distill_steps=max(size.distill_steps, size.warmup_steps),
         distill_batch=max(size.distill_batch, 16),
     )
