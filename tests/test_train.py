@@ -397,3 +397,23 @@ def test_max_minutes_stops_after_the_step_that_spends_the_budget_and_saves_final
     cfg.max_minutes = 0
     with pytest.raises(UserError, match="max_minutes"):
         cfg.validate()
+
+
+def test_frozen_retrieval_stage_trains_the_reader_and_keeps_vectors_and_fingerprint(setup, tmp_path):
+    root, corpus, model_path = setup
+    cfg = small_config(root, corpus, model_path, out=str(tmp_path / "read"), **{"optim.lr": 1e-2})
+    cfg.stages = [StageConfig(name="read", objective="lm", steps=2, lm_weight=1.0, freeze_retrieval=True)]
+    final = train(cfg)
+    before = ImpRAG.from_pretrained(model_path, b=1, t=2, k=2, l_max=24)
+    after = ImpRAG.from_pretrained(final)
+    assert after.fingerprint() == before.fingerprint()  # an index built before the stage stays valid
+    prompts, texts = ["Q: Where does Ala live? A:", "Q: Who wrote it? A:"], ["Ala lives in Oslo.", "x"]
+    assert_close(after.embed_queries(prompts), before.embed_queries(prompts), rtol=0, atol=0)
+    assert_close(after.embed_passages(texts), before.embed_passages(texts), rtol=0, atol=0)
+    b, a = before.lm.state_dict(), after.lm.state_dict()
+    changed = {n for n in b if not torch.equal(b[n], a[n])}
+    attn = "model.layers.1.self_attn"
+    assert f"{attn}.v_proj.weight" in changed and "model.layers.2.mlp.up_proj.weight" in changed
+    assert f"{attn}.o_proj.weight" in changed and "lm_head.weight" in changed
+    frozen = {"model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight", f"{attn}.q_proj.weight"}
+    assert not changed & (frozen | {f"{attn}.k_proj.weight", "model.layers.1.input_layernorm.weight"})

@@ -170,6 +170,19 @@ class ImpRAG:
     def num_layers(self) -> int:
         return len(self.layers)
 
+    def retrieval_modules(self, query: bool = True) -> list[torch.nn.Module]:
+        """The modules whose weights make the retrieval vectors: embeddings, layers 0..b-1, layer b's input
+        norm and key projection (the passage side), and with `query` its query projection too."""
+        layer_b = self.layers[self.config.b]
+        attn = get(layer_b, self.spec.attn)
+        names = [self.spec.k_proj, self.spec.k_norm] + ([self.spec.q_proj, self.spec.q_norm] if query else [])
+        return [
+            get(self.lm, self.spec.embed),
+            *self.layers[: self.config.b],
+            get(layer_b, self.spec.input_norm),
+            *(get(attn, n) for n in names if n),
+        ]
+
     def fingerprint(self) -> str:
         """sha256 of everything that produces passage vectors: embeddings, layers 0..b-1, layer b's input
         norm and key projection, plus b and the state choice. Computed in fp32, so dtype casts that keep the
@@ -179,13 +192,7 @@ class ImpRAG:
         h.update(f"{self.lm.config.model_type}|b={cfg.b}|state={cfg.state}|l_max={cfg.l_max}".encode())
         if cfg.state == "post_rope":
             h.update(repr(getattr(self.lm.config, "rope_parameters", None)).encode())
-        layer_b = self.layers[cfg.b]
-        attn = get(layer_b, self.spec.attn)
-        modules = [get(self.lm, self.spec.embed), *self.layers[: cfg.b], get(layer_b, self.spec.input_norm)]
-        modules.append(get(attn, self.spec.k_proj))
-        if self.spec.k_norm:
-            modules.append(get(attn, self.spec.k_norm))
-        for module in modules:
+        for module in self.retrieval_modules(query=False):
             for name, tensor in module.state_dict().items():
                 h.update(name.encode())
                 h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())

@@ -80,6 +80,11 @@ class StageConfig:
     lr_scale: float = option(
         1.0, "this stage's learning rate as a multiple of optim.lr (schedule still applies)"
     )
+    freeze_retrieval: bool = option(
+        False,
+        "leave the retrieval path unchanged (embeddings, layers 0..b-1, layer b's norm and q/k projections): "
+        "a reader-only stage, after which an index built before it stays valid",
+    )
 
 
 def _default_stages() -> list[StageConfig]:

@@ -464,6 +464,10 @@ class _Trainer:
             for name in PARTS:
                 if name in parts:
                     sums[name] = sums.get(name, 0.0) + float(parts[name]) / len(micros)
+        if stage.freeze_retrieval:  # no gradient: AdamW skips the parameter (no moment, no decay)
+            for module in model.retrieval_modules():
+                for p in module.parameters():
+                    p.grad = None
         if cfg.optim.grad_clip > 0:
             params = [p for p in model.lm.parameters() if p.requires_grad]
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
