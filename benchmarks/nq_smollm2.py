@@ -24,15 +24,17 @@ eval ~25 min (closed-book, rag-bm25 and rag-dense run in a second process beside
 ~35 min of wall time only with the eval overlapped with the index; on an idle machine with 2 threads it
 is roughly half. What the CPU profile cuts against the GPU recipe (configs/nq_smollm2_cpu.yaml marks
 each CUT): LoRA r=16 instead of full fine-tuning; passages cut to 64 tokens (l_max 64, GPU 128); a
-60-step retrieval-only warmup (batch 16, 1 positive per pseudo-label file + 1 hard negative; GPU: 3
-epochs, 5 positives, 4 hard negatives, batch 64) and no self-distillation stage (GPU: 7 epochs); EM on
+60-step retrieval-only warmup (batch 16, 1 positive per pseudo-label file + 1 hard negative; GPU: 4
+epochs, 5 positives, 4 hard negatives, batch 64) and no reader or self-distillation stage (GPU: 1 and
+0.5 epochs); EM on
 the first 40 NQ / 20 HotpotQA dev questions with k=5 (GPU: all, k=10). Retrieval recall is always
 measured on the whole dev files (500 NQ, 100 HotpotQA).
 
-The GPU profile (configs/nq_smollm2_gpu.yaml: full fine-tuning, a training budget of max_minutes 3) ran
-on one H100: train 204 s, index 19 s, retrieval 42 s, the one evaluation that finished (ImpRAG, 500 NQ
-questions, k=10) 29 s; the others ran out of memory beside another job (docs/benchmarks.md). Run the
-evaluations one at a time on a GPU shared with other jobs.
+The GPU profile's previous version (full fine-tuning, 6 warmup epochs, a training budget of max_minutes 3)
+ran on one H100: train 204 s, index 19 s, retrieval 42 s, the one evaluation that finished (ImpRAG, 500 NQ
+questions, k=10) 29 s; the others ran out of memory beside another job (docs/benchmarks.md). The committed
+version (4 warmup epochs, a reader epoch with the retrieval path frozen, half an epoch of distillation,
+max_minutes 5) has not run yet. Run the evaluations one at a time on a GPU shared with other jobs.
 """
 
 from __future__ import annotations
