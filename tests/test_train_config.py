@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import yaml
@@ -114,13 +115,15 @@ def test_train_cli_print_config_and_unknown_flag(tmp_path, capsys):
     )
 
 
-def test_example_config_loads():
-    from pathlib import Path
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
-    path = Path(__file__).resolve().parents[1] / "configs" / "train_example.yaml"
-    cfg = load_config(TrainConfig, path)
-    assert [s.objective for s in cfg.stages] == ["nce", "distill"]
-    assert cfg.stages[0].lm_weight == 0.0
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_load_and_validate(path):
+    cfg = load_config(TrainConfig, path).validate()
+    assert cfg.stages[0].objective == "nce" and cfg.stages[0].lm_weight == 0.0  # a retrieval-only warmup
+    for stage in cfg.stages:
+        assert not stage.freeze_retrieval or stage.objective == "lm"
 
 
 @pytest.mark.parametrize(
@@ -132,6 +135,7 @@ def test_example_config_loads():
         ({"stages.0.lm_weight": "0", "stages.0.retrieval_weight": "0"}, "both loss weights are 0"),
         ({"data.retrieval": "[]"}, "needs retrieval data"),
         ({"optim.lr": "0"}, "--optim.lr must be positive"),
+        ({"stages.0.freeze_retrieval": "true"}, "set --stages.0.objective lm"),
     ],
 )
 def test_validation_names_the_flag(override, message):

@@ -226,6 +226,11 @@ class TrainConfig:
                 raise UserError(
                     f"{where}: objective lm with lm_weight 0 trains nothing; set --stages.{i}.lm_weight"
                 )
+            if s.freeze_retrieval and s.objective != "lm":
+                raise UserError(
+                    f"{where}: freeze_retrieval leaves the retrieval loss nothing to train; "
+                    f"set --stages.{i}.objective lm (a reader-only stage)"
+                )
             if s.objective != "lm" and s.lm_weight == 0 and s.retrieval_weight == 0:
                 raise UserError(f"{where}: both loss weights are 0; set --stages.{i}.retrieval_weight")
             for name in ("batch_size", "grad_accum"):
