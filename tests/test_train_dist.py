@@ -50,6 +50,7 @@ def config(root, corpus, model, out: str, **kw) -> TrainConfig:
     cfg.stages = [
         StageConfig(name="warmup", objective="nce", steps=2, lm_weight=0.0, batch_size=8),
         StageConfig(name="distill", objective="distill", steps=2, lm_weight=1.0, batch_size=8),
+        StageConfig(name="read", objective="lm", steps=1, lm_weight=1.0, batch_size=8, freeze_retrieval=True),
     ]
     cfg.seed = 1  # step 4 gives one process no retrieval example and the other no LM-only example
     cfg.optim.lr = 5e-3  # big steps, so that any difference in the gradient shows in later losses
@@ -59,7 +60,7 @@ def config(root, corpus, model, out: str, **kw) -> TrainConfig:
 
 def compare(root, single: str, multi: str) -> None:
     a, b = loss_rows(root / single), loss_rows(root / multi)
-    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4, 5]
     for ra, rb in zip(a, b):
         for key in ("loss", "nce", "lm", "distill"):
             assert (key in ra) == (key in rb)
@@ -102,7 +103,7 @@ def test_two_processes_equal_one_process_fsdp(setup):
     if not (root / "single" / "final").exists():
         torch.set_num_threads(1)
         train(config(root, corpus, model, "single"))
-    cfg = config(root, corpus, model, "fsdp", save_every=2, keep_checkpoints=1)
+    cfg = config(root, corpus, model, "fsdp", save_every=3, keep_checkpoints=1)
     cfg.distributed.strategy = "fsdp"
     cfg.eval.dev, cfg.eval.every = str(corpus["dev"]), 2
     run_processes(cfg, 2)
@@ -110,13 +111,13 @@ def test_two_processes_equal_one_process_fsdp(setup):
     evals = [
         r for r in map(json.loads, (root / "fsdp" / "metrics.jsonl").read_text().splitlines()) if "eval" in r
     ]
-    assert [e["step"] for e in evals] == [2, 4]
-    # continue from the step-2 checkpoint (sharded optimizer state gathered, saved, re-sharded): the same
-    # steps 3-4 again
+    assert [e["step"] for e in evals] == [2, 4, 5]
+    # continue from the step-3 checkpoint (sharded optimizer state gathered, saved, re-sharded): the same
+    # steps 4-5 again (a distillation step and the frozen-retrieval reader step)
     before = loss_rows(root / "fsdp")
     cfg.resume = True
     run_processes(cfg, 2)
     after = loss_rows(root / "fsdp")
-    assert [r["step"] for r in after] == [1, 2, 3, 4]
+    assert [r["step"] for r in after] == [1, 2, 3, 4, 5]
     for ra, rb in zip(before, after):
         assert ra["loss"] == pytest.approx(rb["loss"], abs=1e-6)

@@ -37,9 +37,8 @@ class DemoSize:
     distill_batch: int
     eval_limit: int  # test examples per task
     joint_steps: int = 0  # between warmup and distill: NCE + J_gen (the paper's warmup), batch distill_batch
-    read_steps: int = (
-        0  # then J_gen alone with the retrieval path frozen (a reader-only stage), batch distill_batch
-    )
+    # then J_gen alone with the retrieval path frozen (a reader-only stage), batch distill_batch
+    read_steps: int = 0
     layers: int = 6
     hidden: int = 192
     heads: int = 4
