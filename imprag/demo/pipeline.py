@@ -325,22 +325,10 @@ class Demo:
             # the reader learns while NCE keeps retrieval supervised (the paper's warmup). Measured on the
             # full size: 120 distillation steps straight after the retrieval-only warmup took dev recall@5
             # from 0.51 to 0.055 (its teacher, the reader, cannot read yet)
-            joint = [
-                StageConfig(
-                    name="joint",
-                    objective="nce",
-                    steps=s.joint_steps,
-                    lm_weight=1.0,
-                    batch_size=s.distill_batch,
-                    lr_scale=0.1,
-                )
-            ]
-            # a gentler stage: the reader's likelihoods are a young teacher, and at the warmup's learning
-            # rate the LM loss and a noisy teacher undo what the warmup learned
-            distill = StageConfig(
-                name="distill",
-                objective="distill",
-                steps=s.distill_steps,
+            joint = StageConfig(
+                name="joint",
+                objective="nce",
+                steps=s.joint_steps,
                 lm_weight=1.0,
                 batch_size=s.distill_batch,
                 lr_scale=0.1,
@@ -356,7 +344,17 @@ class Demo:
                 lr_scale=0.3,
                 freeze_retrieval=True,
             )
-            stages = [warmup, *(joint if s.joint_steps else []), *([read] if s.read_steps else []), distill]
+            # a gentler stage: the reader's likelihoods are a young teacher, and at the warmup's learning
+            # rate the LM loss and a noisy teacher undo what the warmup learned
+            distill = StageConfig(
+                name="distill",
+                objective="distill",
+                steps=s.distill_steps,
+                lm_weight=1.0,
+                batch_size=s.distill_batch,
+                lr_scale=0.1,
+            )
+            stages = [st for st in (warmup, joint, read, distill) if st.steps]
             train(
                 TrainConfig(
                     out=str(out),
