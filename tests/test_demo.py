@@ -52,9 +52,8 @@ def test_every_artefact_is_written(demo_run):
 
 def test_training_reduced_the_loss_and_retrieval_beat_chance(demo_run):
     rows = [json.loads(line) for line in (demo_run / "train" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["stage"] for r in rows if "loss" in r] == ["warmup"] * 60 + ["joint"] * 2 + ["read"] * 2 + [
-        "distill"
-    ] * 3
+    stages = [r["stage"] for r in rows if "loss" in r]
+    assert stages == ["warmup"] * 60 + ["joint"] * 2 + ["read"] * 2 + ["distill"] * 3
     nce = [r["nce"] for r in rows if r.get("stage") == "warmup" and "nce" in r]
     assert len(nce) >= 20
     assert sum(nce[-5:]) / 5 < sum(nce[:5]) / 5
