@@ -322,38 +322,21 @@ class Demo:
             warmup = StageConfig(
                 name="warmup", objective="nce", steps=s.warmup_steps, lm_weight=0.0, batch_size=s.warmup_batch
             )
+
+            def later(**stage: Any) -> StageConfig:
+                """A stage after the warmup: J_gen on, batch distill_batch."""
+                return StageConfig(lm_weight=1.0, batch_size=s.distill_batch, **stage)
+
             # the reader learns while NCE keeps retrieval supervised (the paper's warmup). Measured on the
             # full size: 120 distillation steps straight after the retrieval-only warmup took dev recall@5
             # from 0.51 to 0.055 (its teacher, the reader, cannot read yet)
-            joint = StageConfig(
-                name="joint",
-                objective="nce",
-                steps=s.joint_steps,
-                lm_weight=1.0,
-                batch_size=s.distill_batch,
-                lr_scale=0.1,
-            )
+            joint = later(name="joint", objective="nce", steps=s.joint_steps, lr_scale=0.1)
             # J_gen alone, retrieval frozen: the reader learns from the pseudo labels' top-k (as RA-IT does)
             # while the retrieval vectors stay exactly as the warmup left them
-            read = StageConfig(
-                name="read",
-                objective="lm",
-                steps=s.read_steps,
-                lm_weight=1.0,
-                batch_size=s.distill_batch,
-                lr_scale=0.3,
-                freeze_retrieval=True,
-            )
+            read = later(name="read", objective="lm", steps=s.read_steps, lr_scale=0.3, freeze_retrieval=True)
             # a gentler stage: the reader's likelihoods are a young teacher, and at the warmup's learning
             # rate the LM loss and a noisy teacher undo what the warmup learned
-            distill = StageConfig(
-                name="distill",
-                objective="distill",
-                steps=s.distill_steps,
-                lm_weight=1.0,
-                batch_size=s.distill_batch,
-                lr_scale=0.1,
-            )
+            distill = later(name="distill", objective="distill", steps=s.distill_steps, lr_scale=0.1)
             stages = [st for st in (warmup, joint, read, distill) if st.steps]
             train(
                 TrainConfig(
