@@ -7,7 +7,8 @@ Steps (each writes its result atomically and is skipped when its result exists, 
   backbone  tiny: a small Llama pretrained on the sibling world's passages and reading-comprehension
             examples; smollm2: the real SmolLM2-135M-Instruct
   mine      BM25 pseudo labels (whole prompt as the query) for the seen QA formats
-  train     retrieval warmup (NCE, bottom layers only), then self-distillation + LM loss
+  train     retrieval warmup (NCE, bottom layers only), the size's joint / reader stages, then
+            self-distillation + LM loss
   index     the world's passages embedded by the trained bottom layers
   eval      imprag, rag-bm25, closed-book and oracle on every format's test split
   report    Table-2-shaped markdown + bar chart, and three answered questions
@@ -20,9 +21,12 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imprag.errors import UserError
+
+if TYPE_CHECKING:
+    from imprag.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,7 @@ class DemoSize:
     distill_batch: int
     eval_limit: int  # test examples per task
     joint_steps: int = 0  # between warmup and distill: NCE + J_gen (the paper's warmup), batch distill_batch
+    joint_lr_scale: float = 0.1
     # then J_gen alone with the retrieval path frozen (a reader-only stage), batch distill_batch
     read_steps: int = 0
     layers: int = 6
@@ -102,20 +107,26 @@ SIZES = {
 
 
 def smollm2_size(size: DemoSize) -> DemoSize:
-    """The same world and schedule for the real 135M backbone, with the settings a pretrained model needs.
+    """The same world and schedule for the real 135M backbone (30 layers), with what a pretrained model needs.
 
-    lr 1e-4 instead of 2e-3 (full fine-tuning of pretrained weights); temperature 8 because SmolLM2's raw
-    layer-7 q.k scores are ~+-100, which saturate a softmax at temperature 1; and a reader stage (J_gen with
-    the top-k passages read, plus the retrieval-free tasks) with the retrieval path frozen. Measured on an
-    H100 (docs/benchmarks.md): J_gen at 0.3x lr taught the middle layers to read (rag-bm25 EM 45 on NQ-style
-    questions against 0 closed-book) but, run as self-distillation straight after the warmup, undid the
-    warmup's retrieval (dev recall@5 0.54 -> 0.10 in 98 steps). Frozen, retrieval cannot move while the
-    reader learns, and the distillation that follows has a teacher that reads. Not yet measured."""
+    - lr 1e-4 instead of 2e-3 (full fine-tuning of pretrained weights).
+    - Temperature 8: SmolLM2's raw layer-7 q.k scores are ~+-100, which saturate a softmax at temperature 1.
+    - b=7 as `imprag pull` sets it, but t=29: every layer from b reads. Untrained, reading the gold passage
+      through layers 7..21 only lowered the answer's NLL/token from 9.84 to 6.22 on NQ-style questions;
+      through 7..29, to 4.14 (in the context: 3.78). Trained at t=21 on an H200, the reader stayed weak
+      (gold passage alone: NQ EM 2%) while the same model read 47% from passages in its context.
+    - A joint stage (NCE + J_gen at 0.3x lr, nothing frozen): the reader learns while NCE keeps retrieval
+      supervised (dev recall@5 0.59 -> 0.56 over 130 steps on the H200). J_gen as self-distillation
+      without NCE undid retrieval (0.54 -> 0.10); with the retrieval path frozen the reader learned less.
+    Numbers and commands: docs/benchmarks.md."""
     return replace(
         size,
+        b=7,
+        t=29,
         lr_warmup=1e-4,
         nce_tau=8.0,
-        read_steps=max(size.read_steps, size.warmup_steps // 2),
+        joint_steps=max(size.joint_steps, size.warmup_steps // 2),
+        joint_lr_scale=0.3,
         distill_batch=max(size.distill_batch, 16),
     )
 
@@ -296,7 +307,8 @@ class Demo:
                 self._step(f"mine {task}/{split}", out, run)
         return paths
 
-    def train(self, backbone: Path) -> Path:
+    def train_config(self, backbone: Path) -> TrainConfig:
+        """The TrainConfig of the demo's training: warmup, then the size's joint / read / distill stages."""
         from imprag.train.config import (
             DataConfig,
             EvalConfig,
@@ -307,74 +319,70 @@ class Demo:
             StageConfig,
             TrainConfig,
         )
-        from imprag.train.loop import train
 
         s = self.size
         out = self.out / "train"
-        final = out / "final"
+        mined = self.out / "mined"
+        free = [
+            SourceConfig(path=str(self.task_file(t, "train")), task=t) for t in ("rc", "denoise", "nextsent")
+        ]
+        warmup = StageConfig(
+            name="warmup", objective="nce", steps=s.warmup_steps, lm_weight=0.0, batch_size=s.warmup_batch
+        )
 
-        def run():
-            mined = self.out / "mined"
-            free = [
-                SourceConfig(path=str(self.task_file(t, "train")), task=t)
-                for t in ("rc", "denoise", "nextsent")
-            ]
-            warmup = StageConfig(
-                name="warmup", objective="nce", steps=s.warmup_steps, lm_weight=0.0, batch_size=s.warmup_batch
-            )
+        def later(**stage: Any) -> StageConfig:
+            """A stage after the warmup: J_gen on, batch distill_batch."""
+            return StageConfig(lm_weight=1.0, batch_size=s.distill_batch, **stage)
 
-            def later(**stage: Any) -> StageConfig:
-                """A stage after the warmup: J_gen on, batch distill_batch."""
-                return StageConfig(lm_weight=1.0, batch_size=s.distill_batch, **stage)
+        # the reader learns while NCE keeps retrieval supervised (the paper's warmup). Measured on the
+        # full size: 120 distillation steps straight after the retrieval-only warmup took dev recall@5
+        # from 0.51 to 0.055 (its teacher, the reader, cannot read yet)
+        joint = later(name="joint", objective="nce", steps=s.joint_steps, lr_scale=s.joint_lr_scale)
+        # J_gen alone, retrieval frozen: the reader learns from the pseudo labels' top-k (as RA-IT does)
+        # while the retrieval vectors stay exactly as the warmup left them
+        read = later(name="read", objective="lm", steps=s.read_steps, lr_scale=0.3, freeze_retrieval=True)
+        # a gentler stage: the reader's likelihoods are a young teacher, and at the warmup's learning
+        # rate the LM loss and a noisy teacher undo what the warmup learned
+        distill = later(name="distill", objective="distill", steps=s.distill_steps, lr_scale=0.1)
+        return TrainConfig(
+            out=str(out),
+            model=ModelConfig(path=str(backbone), b=s.b, t=s.t),
+            data=DataConfig(
+                passages=str(self.passages),
+                retrieval=[
+                    SourceConfig(path=str(mined / "nq-train.jsonl")),
+                    SourceConfig(path=str(mined / "hotpotqa-train.jsonl")),
+                ],
+                retrieval_free=free,
+                retrieval_ratio=0.7,
+                retrieval_free_ratio=0.3,
+                plain_text_ratio=0.0,
+                positives=s.positives,
+                hard_negatives=s.hard_negatives,
+                read_passages=s.k,
+                distill_candidates=s.k,
+            ),
+            stages=[st for st in (warmup, joint, read, distill) if st.steps],
+            loss=LossConfig(tau_t=1.0, tau_r=s.nce_tau, nce_tau=s.nce_tau),
+            optim=OptimConfig(lr=s.lr_warmup, schedule="cosine", warmup_steps=10, min_lr_ratio=0.1),
+            eval=EvalConfig(
+                dev=str(mined / "nq-dev.jsonl"),
+                every=max(25, s.warmup_steps // 4),
+                k=[1, 5, 10],
+                max_examples=200,
+            ),
+            seed=self.cfg.seed,
+            max_minutes=self.cfg.train_minutes,
+            save_every=max(50, s.warmup_steps // 2),
+            resume=(out / "checkpoints").exists(),
+            overwrite=not (out / "checkpoints").exists(),
+        )
 
-            # the reader learns while NCE keeps retrieval supervised (the paper's warmup). Measured on the
-            # full size: 120 distillation steps straight after the retrieval-only warmup took dev recall@5
-            # from 0.51 to 0.055 (its teacher, the reader, cannot read yet)
-            joint = later(name="joint", objective="nce", steps=s.joint_steps, lr_scale=0.1)
-            # J_gen alone, retrieval frozen: the reader learns from the pseudo labels' top-k (as RA-IT does)
-            # while the retrieval vectors stay exactly as the warmup left them
-            read = later(name="read", objective="lm", steps=s.read_steps, lr_scale=0.3, freeze_retrieval=True)
-            # a gentler stage: the reader's likelihoods are a young teacher, and at the warmup's learning
-            # rate the LM loss and a noisy teacher undo what the warmup learned
-            distill = later(name="distill", objective="distill", steps=s.distill_steps, lr_scale=0.1)
-            stages = [st for st in (warmup, joint, read, distill) if st.steps]
-            train(
-                TrainConfig(
-                    out=str(out),
-                    model=ModelConfig(path=str(backbone), b=s.b if self.cfg.backbone == "tiny" else None),
-                    data=DataConfig(
-                        passages=str(self.passages),
-                        retrieval=[
-                            SourceConfig(path=str(mined / "nq-train.jsonl")),
-                            SourceConfig(path=str(mined / "hotpotqa-train.jsonl")),
-                        ],
-                        retrieval_free=free,
-                        retrieval_ratio=0.7,
-                        retrieval_free_ratio=0.3,
-                        plain_text_ratio=0.0,
-                        positives=s.positives,
-                        hard_negatives=s.hard_negatives,
-                        read_passages=s.k,
-                        distill_candidates=s.k,
-                    ),
-                    stages=stages,
-                    loss=LossConfig(tau_t=1.0, tau_r=s.nce_tau, nce_tau=s.nce_tau),
-                    optim=OptimConfig(lr=s.lr_warmup, schedule="cosine", warmup_steps=10, min_lr_ratio=0.1),
-                    eval=EvalConfig(
-                        dev=str(mined / "nq-dev.jsonl"),
-                        every=max(25, s.warmup_steps // 4),
-                        k=[1, 5, 10],
-                        max_examples=200,
-                    ),
-                    seed=self.cfg.seed,
-                    max_minutes=self.cfg.train_minutes,
-                    save_every=max(50, s.warmup_steps // 2),
-                    resume=(out / "checkpoints").exists(),
-                    overwrite=not (out / "checkpoints").exists(),
-                )
-            )
+    def train(self, backbone: Path) -> Path:
+        from imprag.train.loop import train
 
-        self._step("train", final / "imprag.json", run)
+        final = self.out / "train" / "final"
+        self._step("train", final / "imprag.json", lambda: train(self.train_config(backbone)))
         return final
 
     def index(self, model_dir: Path) -> Path:

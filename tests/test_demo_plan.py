@@ -1,0 +1,51 @@
+"""The demo's training plan per backbone and size, checked without loading a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imprag.demo.pipeline import SIZES, Demo, DemoConfig
+
+
+def plan(tmp_path: Path, backbone: str, size: str):
+    demo = Demo(DemoConfig(out=tmp_path / "demo", size=size, backbone=backbone))
+    return demo.train_config(tmp_path / "backbone").validate()
+
+
+def stages(cfg) -> list[tuple]:
+    return [(s.name, s.objective, s.steps, s.lm_weight, s.lr_scale, s.freeze_retrieval) for s in cfg.stages]
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_every_plan_validates_and_starts_with_a_retrieval_only_warmup(tmp_path, size):
+    for backbone in ("tiny", "smollm2"):
+        cfg = plan(tmp_path, backbone, size)
+        first = cfg.stages[0]
+        assert (first.name, first.objective, first.lm_weight) == ("warmup", "nce", 0.0)
+        assert cfg.stages[-1].objective == "distill"
+        assert all(s.steps > 0 for s in cfg.stages)
+
+
+def test_tiny_backbone_small_plan(tmp_path):
+    cfg = plan(tmp_path, "tiny", "small")
+    assert (cfg.model.b, cfg.model.t) == (2, 5)
+    assert stages(cfg) == [
+        ("warmup", "nce", 260, 0.0, 1.0, False),
+        ("distill", "distill", 40, 1.0, 0.1, False),
+    ]
+    assert cfg.optim.lr == 2e-3 and cfg.loss.nce_tau == 1.0
+
+
+def test_smollm2_plan_reads_from_layer_b_to_the_top_and_trains_the_reader_jointly(tmp_path):
+    cfg = plan(tmp_path, "smollm2", "small")
+    assert (cfg.model.b, cfg.model.t) == (7, 29)  # SmolLM2-135M has 30 layers
+    assert stages(cfg) == [
+        ("warmup", "nce", 260, 0.0, 1.0, False),
+        ("joint", "nce", 130, 1.0, 0.3, False),
+        ("distill", "distill", 40, 1.0, 0.1, False),
+    ]
+    assert [s.batch_size for s in cfg.stages] == [64, 16, 16]
+    assert cfg.optim.lr == 1e-4
+    assert cfg.loss.nce_tau == cfg.loss.tau_r == 8.0
