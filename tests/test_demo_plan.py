@@ -35,17 +35,17 @@ def test_tiny_backbone_small_plan(tmp_path):
         ("warmup", "nce", 260, 0.0, 1.0, False),
         ("distill", "distill", 40, 1.0, 0.1, False),
     ]
-    assert cfg.optim.lr == 2e-3 and cfg.loss.nce_tau == 1.0
+    assert (cfg.optim.lr, cfg.optim.schedule, cfg.loss.nce_tau) == (2e-3, "cosine", 1.0)
 
 
-def test_smollm2_plan_reads_from_layer_b_to_the_top_and_trains_the_reader_jointly(tmp_path):
+def test_smollm2_plan_reads_from_layer_b_to_the_top_at_the_full_learning_rate(tmp_path):
     cfg = plan(tmp_path, "smollm2", "small")
     assert (cfg.model.b, cfg.model.t) == (7, 29)  # SmolLM2-135M has 30 layers
     assert stages(cfg) == [
         ("warmup", "nce", 260, 0.0, 1.0, False),
-        ("joint", "nce", 130, 1.0, 0.3, False),
+        ("read", "lm", 130, 1.0, 1.0, True),
         ("distill", "distill", 40, 1.0, 0.1, False),
     ]
     assert [s.batch_size for s in cfg.stages] == [64, 16, 16]
-    assert cfg.optim.lr == 1e-4
+    assert (cfg.optim.lr, cfg.optim.schedule) == (1e-4, "constant")
     assert cfg.loss.nce_tau == cfg.loss.tau_r == 8.0
