@@ -7,7 +7,7 @@ answer of a world's test questions, read five ways with one model:
     gold, in context              the gold passage prepended to the prompt (RA-IT), plain attention
     random, in context
 
-    python benchmarks/reader_layers.py --model .cache/smollm2 --t 21 29      # CPU: ~6 min on 2 cores
+    python benchmarks/reader_layers.py --model .cache/smollm2 --t 21 29      # CPU: 10.5 min (1 thread, busy machine)
     python benchmarks/reader_layers.py --model runs/demo/train/final          # a trained model, its own t
 
 The world is generated (small: 1,500 entities, seed 0, as `imprag demo` makes it) unless --world names one.
