@@ -8,6 +8,8 @@ import json
 import os
 import re
 import string
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -131,6 +133,26 @@ def test_bm25_empty_passage_and_empty_queries() -> None:
     ids, scores = ret.search(["", "the of", "capital", "zzz unknown"], k=3)
     assert ids == [["a", "b", "c"]] * 4
     assert not scores[[0, 1, 3]].any() and scores[2, 0] > 0 and not scores[2, 1:].any()
+
+
+@pytest.mark.parametrize("user_setting", [None, "cuda"])
+def test_bm25_keeps_jax_off_the_gpu(tmp_path: Path, user_setting: str | None) -> None:
+    # bm25s imports jax when installed (not here): a stand-in jax records the JAX_PLATFORMS it was imported
+    # under, in a fresh interpreter so that bm25s really imports it
+    fake = tmp_path / "jax"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "import os\nSEEN = os.environ.get('JAX_PLATFORMS')\n"
+        "class lax:\n    @staticmethod\n    def top_k(x, k):\n        return x[:k]\n"
+    )
+    (fake / "lax.py").write_text("from jax import lax as _l\ntop_k = _l.top_k\n")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    if user_setting:
+        env["JAX_PLATFORMS"] = user_setting
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(Path(__file__).parents[1])])
+    code = "from imprag.retrievers.bm25 import _bm25s; _bm25s(); import jax; print(jax.SEEN)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == (user_setting or "cpu")
 
 
 def test_bm25_scores_match_bm25s_directly(corpus: Path) -> None:

@@ -4,6 +4,8 @@ once per corpus and cached as a bm25s folder."""
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,11 @@ class BM25Config:
 
 
 def _bm25s():
+    # bm25s imports jax when it is installed and runs a top-k at import: that initialises every visible GPU
+    # and preallocates 75% of its memory. On an H100 a second `imprag demo` beside the first ran out of CUDA
+    # memory for it. imprag uses bm25s's numpy backend only, so jax stays on the CPU unless the user says.
+    if "jax" not in sys.modules:
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import bm25s
 
     # bm25s forces its logger to DEBUG at import, which would print internals under any root config.
