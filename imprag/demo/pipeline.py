@@ -120,7 +120,8 @@ def smollm2_size(size: DemoSize) -> DemoSize:
       to 4.14 (in the context: 3.78); trained on the CPU, gold-passage EM 95% at t=29 against 76% at t=21.
     - A reader stage after the warmup: J_gen at the full lr with the retrieval path frozen, so the
       warmup's retrieval stays exactly (gold-passage EM 68% frozen against 76% unfrozen on the CPU).
-    Not yet run end to end on a GPU. Numbers and commands: docs/benchmarks.md."""
+    On one H100 (5 min): dev recall@5 0.70 after the warmup, 0.57 after distillation; test NQ EM 28% against
+    0% closed-book, 96% with the gold passage. Numbers and commands: docs/benchmarks.md."""
     return replace(
         size,
         b=7,
