@@ -17,6 +17,7 @@ import torch
 
 from imprag.errors import UserError
 from imprag.index.build import Encoder, IndexBuildConfig, build_index, merge
+from imprag.index.corpus import find_repeated_id
 from imprag.index.faiss_build import plan_factory
 from imprag.index.faiss_index import Index
 from imprag.passage import passage_text
@@ -330,3 +331,40 @@ def test_plan_factory_rules():
         plan_factory("IVF16,PQ7", 10_000, 32)
     with pytest.raises(UserError, match="no passages"):
         plan_factory("Flat", 0, 32)
+
+
+def test_repeated_id_is_refused_before_embedding(tmp_path, corpus):
+    recs = [dict(r) for r in corpus[1][:200]]
+    recs[150]["id"] = recs[40]["id"]  # lines 151 and 41
+    recs[170]["id"] = recs[3]["id"]  # a later repeat: the first one is named
+    recs[190]["id"] = 41  # an integer id is compared as its string
+    recs[195]["id"] = "41"
+    p = tmp_path / "dup.jsonl"
+    p.write_text(
+        "".join(json.dumps(r) + "\n" for r in recs[:120])
+        + "not json\n\n"
+        + "".join(json.dumps(r) + "\n" for r in recs[120:])
+    )
+    enc = HashEncoder()
+    with pytest.raises(UserError, match=rf"{p}:153: passage id 'p40' repeats line 41; ids must be unique"):
+        build_index(cfg(tmp_path / "o", p, on_error="skip"), enc.encoder)
+    assert enc.calls == [] and not (tmp_path / "o" / "build.json").exists()  # nothing embedded or recorded
+    recs[150]["id"], recs[170]["id"] = "x150", "x170"
+    p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert find_repeated_id(p, show_progress=False) == ("41", 196, 191)
+    recs[195]["id"] = "x195"
+    p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert find_repeated_id(p, show_progress=False) is None
+
+
+def test_repeated_id_check_survives_hash_collisions(tmp_path, corpus, monkeypatch):
+    import imprag.index.corpus as corpus_module
+
+    monkeypatch.setattr(corpus_module, "_id_hash", lambda pid: 7)  # every id collides
+    p = tmp_path / "p.jsonl"
+    recs = [dict(r) for r in corpus[1][:30]]
+    p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert find_repeated_id(p, show_progress=False) is None
+    recs[25]["id"] = recs[9]["id"]
+    p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert find_repeated_id(p, show_progress=False) == ("p9", 26, 10)

@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from imprag.errors import UserError
-from imprag.index.corpus import Chunk, CorpusInfo, iter_chunks, num_chunks, scan_corpus
+from imprag.index.corpus import Chunk, CorpusInfo, find_repeated_id, iter_chunks, num_chunks, scan_corpus
 from imprag.index.faiss_build import atomic_write_index, build_faiss, plan_factory
 from imprag.index.shards import SHARD_DIR, Shard, load_shard, write_shard
 from imprag.io import atomic_write_json, read_json
@@ -141,6 +141,14 @@ def prepare_build(cfg: IndexBuildConfig, encoder: Encoder) -> dict[str, Any]:
     path = cfg.out / BUILD_FILE
     previous = read_json(path) if path.exists() else None
     corpus = _corpus_info(cfg.passages, previous, cfg.show_progress)
+    if previous is None:  # a resumed build checked its file when it started
+        repeated = find_repeated_id(cfg.passages, cfg.show_progress)
+        if repeated is not None:
+            pid, line, first = repeated
+            raise UserError(
+                f"{cfg.passages}:{line}: passage id {pid!r} repeats line {first}; ids must be unique "
+                "(retrieval results and recall are by id): fix the file, then run the command again"
+            )
     record: dict[str, Any] = {
         "format": FORMAT,
         "passages": corpus.to_json(),

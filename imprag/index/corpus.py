@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from imprag.errors import UserError
@@ -132,6 +134,51 @@ def validate_record(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
     if title is not None and not isinstance(title, str):
         return None, f'"title" must be a string, got {type(title).__name__}'
     return rec, None
+
+
+def find_repeated_id(path: str | Path, show_progress: bool = True) -> tuple[str, int, int] | None:
+    """(id, line, first line) of the first passage whose id an earlier passage has, or None.
+
+    Ids are held as 64-bit hashes (8 bytes a passage, twice while sorting: ~340 MB for 21M passages,
+    where a set of the strings would take GBs). Only when two hashes match does a second pass find the
+    lines. Lines that are not valid passages are left to the embedding pass, which reports or skips them.
+    """
+    hashes = array("Q", (_id_hash(pid) for _, pid in _passage_ids(path, show_progress)))
+    h = np.sort(np.frombuffer(hashes, dtype=np.uint64))
+    repeated = set(h[1:][h[1:] == h[:-1]].tolist())
+    del h, hashes
+    first_line: dict[str, int] = {}
+    for line, pid in _passage_ids(path, show_progress) if repeated else ():
+        if _id_hash(pid) in repeated:
+            if pid in first_line:
+                return pid, line, first_line[pid]
+            first_line[pid] = line
+    return None  # no repeat, or only a 64-bit hash collision
+
+
+def _passage_ids(path: str | Path, show_progress: bool) -> Iterator[tuple[int, str]]:
+    """(line, id as a string) of every valid passage line, in file order."""
+    path = Path(path)
+    with (
+        path.open("rb") as f,
+        tqdm(
+            total=path.stat().st_size,
+            unit="B",
+            unit_scale=True,
+            desc="checking passage ids",
+            disable=not show_progress,
+            leave=False,
+        ) as bar,
+    ):
+        for lineno, raw in enumerate(f, start=1):
+            bar.update(len(raw))
+            rec, _ = validate_record(raw) if raw.strip() else (None, "blank")
+            if rec is not None:
+                yield lineno, str(rec["id"])
+
+
+def _id_hash(pid: str) -> int:
+    return int.from_bytes(hashlib.blake2b(pid.encode(), digest_size=8).digest(), "little")
 
 
 def iter_chunks(
