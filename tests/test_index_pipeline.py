@@ -348,7 +348,7 @@ def test_repeated_id_is_refused_before_embedding(tmp_path, corpus):
     enc = HashEncoder()
     with pytest.raises(UserError, match=rf"{p}:153: passage id 'p40' repeats line 41; ids must be unique"):
         build_index(cfg(tmp_path / "o", p, on_error="skip"), enc.encoder)
-    assert enc.calls == [] and not (tmp_path / "o" / "build.json").exists()  # nothing embedded or recorded
+    assert enc.calls == [] and not (tmp_path / "o").exists()  # nothing embedded, nothing left behind
     recs[150]["id"], recs[170]["id"] = "x150", "x170"
     p.write_text("".join(json.dumps(r) + "\n" for r in recs))
     assert find_repeated_id(p, show_progress=False) == ("41", 196, 191)

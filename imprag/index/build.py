@@ -173,6 +173,7 @@ def prepare_build(cfg: IndexBuildConfig, encoder: Encoder) -> dict[str, Any]:
             f"use another --out, or delete {cfg.out} to start over"
         )
     if previous != record:
+        cfg.out.mkdir(parents=True, exist_ok=True)  # only now: a refused build leaves no folder behind
         atomic_write_json(path, record)  # first start, or the same file seen at a new path/mtime
     return record
 
@@ -485,7 +486,6 @@ class BuildResult:
 
 def build_index(cfg: IndexBuildConfig, encoder: Encoder) -> BuildResult:
     """Embed this rank's chunks, then (rank 0, when merging) wait for the rest and build the index."""
-    cfg.out.mkdir(parents=True, exist_ok=True)
     build = prepare_build(cfg, encoder)
     report = embed_shards(cfg, encoder, build)
     if not cfg.merge or cfg.rank != 0:
