@@ -16,7 +16,6 @@ The world is generated (small: 1,500 entities, seed 0, as `imprag demo` makes it
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import tempfile
 import time
@@ -27,6 +26,7 @@ import torch
 from imprag.data.kilt import load_examples
 from imprag.data.world import generate_world
 from imprag.eval.methods import ra_it_prompt
+from imprag.io import iter_jsonl
 from imprag.model.imprag import ImpRAG
 from imprag.passage import passage_text
 from imprag.train.collate import Collator
@@ -66,15 +66,12 @@ def main() -> None:
         if world is None:
             world = Path(tmp) / "world"
             generate_world(world, 0, 1500)
-        records = {}
-        with (world / "passages.jsonl").open() as f:
-            for line in f:
-                rec = json.loads(line)
-                records[str(rec["id"])] = rec
+        records = {str(rec["id"]): rec for _, rec in iter_jsonl(world / "passages.jsonl")}
         text = {pid: passage_text(rec) for pid, rec in records.items()}
         ids = sorted(text)
         rows = []
-        depths = args.t or [None]
+        # one model per reader depth, loaded once for every task
+        models = {t: ImpRAG.from_pretrained(args.model, t=t) for t in args.t or [None]}
         for task in args.tasks:
             examples = load_examples(world / "tasks" / task / "test.jsonl", task, limit=args.limit)
             prompts = [e.prompt for e in examples]
@@ -83,8 +80,7 @@ def main() -> None:
             rng = random.Random(0)
             other = [rng.choice([x for x in ids if x != g]) for g in gold]
             cells: dict[str, float] = {}
-            for i, t in enumerate(depths):
-                model = ImpRAG.from_pretrained(args.model, t=t)
+            for i, model in enumerate(models.values()):
                 b, depth = model.config.b, model.config.t
                 start = time.perf_counter()
                 if i == 0:  # the reads that do not depend on t

@@ -51,6 +51,11 @@ class CorpusInfo:
         return CorpusInfo(d["path"], int(d["size"]), int(d["mtime_ns"]), d["sha256"], int(d["lines"]))
 
 
+def _bytes_bar(total: int, desc: str, show_progress: bool) -> tqdm:
+    """A transient progress bar over a file's bytes."""
+    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not show_progress, leave=False)
+
+
 def scan_corpus(path: str | Path, show_progress: bool = True) -> CorpusInfo:
     """One sequential pass: sha256 and line count (no JSON parsing, constant memory)."""
     path = Path(path).resolve()
@@ -60,17 +65,7 @@ def scan_corpus(path: str | Path, show_progress: bool = True) -> CorpusInfo:
     h = hashlib.sha256()
     newlines = 0
     last = b""
-    with (
-        path.open("rb") as f,
-        tqdm(
-            total=st.st_size,
-            unit="B",
-            unit_scale=True,
-            desc="hashing passages",
-            disable=not show_progress,
-            leave=False,
-        ) as bar,
-    ):
+    with path.open("rb") as f, _bytes_bar(st.st_size, "hashing passages", show_progress) as bar:
         while True:
             block = f.read(_HASH_BLOCK)
             if not block:
@@ -159,17 +154,7 @@ def find_repeated_id(path: str | Path, show_progress: bool = True) -> tuple[str,
 def _passage_ids(path: str | Path, show_progress: bool) -> Iterator[tuple[int, str]]:
     """(line, id as a string) of every valid passage line, in file order."""
     path = Path(path)
-    with (
-        path.open("rb") as f,
-        tqdm(
-            total=path.stat().st_size,
-            unit="B",
-            unit_scale=True,
-            desc="checking passage ids",
-            disable=not show_progress,
-            leave=False,
-        ) as bar,
-    ):
+    with path.open("rb") as f, _bytes_bar(path.stat().st_size, "checking passage ids", show_progress) as bar:
         for lineno, raw in enumerate(f, start=1):
             bar.update(len(raw))
             rec, _ = validate_record(raw) if raw.strip() else (None, "blank")
