@@ -12,6 +12,7 @@ from imprag.errors import UserError
 # name -> (module under imprag.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "pull": ("pull", "fetch real weights (SmolLM2-135M) as a Hugging Face folder"),
+    "calibrate": ("calibrate", "compute a model's retrieval calibration means from a passages file"),
     "index": ("index", "embed a JSONL corpus with the bottom layers and build a FAISS index"),
     "search": ("search", "show the passages the model's implicit query retrieves"),
     "mine": ("mine", "mine pseudo-label candidates with BM25 or a dense retriever"),

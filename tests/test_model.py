@@ -9,7 +9,7 @@ import torch
 from torch.testing import assert_close
 
 from imprag.errors import UserError
-from imprag.model.config import ImpRAGConfig
+from imprag.model.config import PAPER_RETRIEVAL, ImpRAGConfig
 from imprag.model.imprag import ImpRAG
 from imprag.model.tiny import build_tokenizer, tiny_model
 
@@ -29,7 +29,9 @@ def tok():
 
 def make(arch, tok, **cfg) -> ImpRAG:
     lm = tiny_model(arch, tok)
-    base = dict(b=2, t=4, k=3, l_max=12)
+    base = dict(
+        b=2, t=4, k=3, l_max=12, **PAPER_RETRIEVAL
+    )  # the paper's retrieval state (see test_retrieval_state.py)
     base.update(cfg)
     return ImpRAG(lm, tok, ImpRAGConfig(**base))
 
@@ -214,7 +216,7 @@ def rotate(x, cos, sin):
 
 def test_post_rope_vectors_apply_rotation_at_their_positions(tok):
     pre = make("llama", tok)
-    post = ImpRAG(pre.lm, tok, ImpRAGConfig(b=2, t=4, k=3, l_max=12, state="post_rope"))
+    post = ImpRAG(pre.lm, tok, ImpRAGConfig(b=2, t=4, k=3, l_max=12, state="post_rope", **PAPER_RETRIEVAL))
     text = PROMPTS[0]
     n = len(pre._tokenize([text])[0])
     d = pre.head_dim
@@ -310,9 +312,11 @@ def test_save_and_load_round_trip(tmp_path):
     m = ImpRAG.from_pretrained(
         save_tiny(tmp_path / "hf", "qwen2"), b=1, t=3, k=4, l_max=20, reader="independent"
     )
+    m.calibrate([t for ps in PASSAGES for t in ps])  # the default retrieval state needs calibration means
     m.save_pretrained(tmp_path / "ckpt")
     loaded = ImpRAG.from_pretrained(tmp_path / "ckpt")
     assert loaded.config == m.config
+    assert loaded.calibration is not None and set(loaded.calibration.query) == set(m.calibration.query)
     assert loaded.fingerprint() == m.fingerprint()
     assert_close(loaded.embed_queries(PROMPTS), m.embed_queries(PROMPTS))
     assert [g.text for g in loaded.generate(PROMPTS, PASSAGES, max_new_tokens=4)] == [

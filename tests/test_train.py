@@ -41,8 +41,9 @@ def setup(tmp_path_factory):
 
 def objective_for(cfg, model_path):
     m = ImpRAG.from_pretrained(model_path, b=1, t=2, k=2, l_max=24)
-    m.lm.train()
     passages = load_passages(cfg.data.passages)
+    m.calibrate(list(passages.values()))  # as the trainer does before its first step
+    m.lm.train()
     collator = Collator(m.tokenizer, 64, 16, 32)
     return m, TrainObjective(m, cfg, collator, passages, DistEnv()), Mixture(cfg, passages)
 
@@ -151,6 +152,7 @@ def test_lora_merge_keeps_retrieval_and_reader_outputs(setup, tmp_path):
 
     root, corpus, model_path = setup
     m = ImpRAG.from_pretrained(model_path, b=1, t=2, k=2, l_max=24)
+    m.calibrate(corpus["texts"])  # fixed means: the vectors below differ only through the weights
     apply_lora(m, LoRAConfig(enabled=True, r=4, alpha=8))
     assert m.layers[1] is m.lm.model.layers[1]  # ImpRAG still finds its layers
     assert not m.lm.model.embed_tokens.weight.requires_grad
@@ -166,6 +168,7 @@ def test_lora_merge_keeps_retrieval_and_reader_outputs(setup, tmp_path):
     sd = merged_state_dict(m)
     assert not any("lora" in k or "base_layer" in k for k in sd)
     base = ImpRAG.from_pretrained(model_path, b=1, t=2, k=2, l_max=24)
+    base.calibration = m.calibration
     assert not torch.allclose(base.embed_queries(prompts), q, atol=1e-4)
     base.lm.load_state_dict(sd)
     assert_close(base.embed_queries(prompts), q, rtol=1e-4, atol=1e-5)
@@ -400,11 +403,15 @@ def test_max_minutes_stops_after_the_step_that_spends_the_budget_and_saves_final
 
 
 def test_frozen_retrieval_stage_trains_the_reader_and_keeps_vectors_and_fingerprint(setup, tmp_path):
-    root, corpus, model_path = setup
+    root, corpus, _ = setup
+    model_path = tmp_path / "calibrated"  # a calibrated backbone, as after `imprag index`: its means stay
+    m = ImpRAG.from_pretrained(setup[2], b=1, t=2, k=2, l_max=24)
+    m.calibrate(corpus["texts"])
+    m.save_pretrained(model_path)
     cfg = small_config(root, corpus, model_path, out=str(tmp_path / "read"), **{"optim.lr": 1e-2})
     cfg.stages = [StageConfig(name="read", objective="lm", steps=2, lm_weight=1.0, freeze_retrieval=True)]
     final = train(cfg)
-    before = ImpRAG.from_pretrained(model_path, b=1, t=2, k=2, l_max=24)
+    before = ImpRAG.from_pretrained(model_path)
     after = ImpRAG.from_pretrained(final)
     assert after.fingerprint() == before.fingerprint()  # an index built before the stage stays valid
     prompts, texts = ["Q: Where does Ala live? A:", "Q: Who wrote it? A:"], ["Ala lives in Oslo.", "x"]

@@ -111,7 +111,7 @@ def test_train_cli_print_config_and_unknown_flag(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == (
         f"imprag train: error: {f}:3: key 'model.colour': unknown key; known keys under model: "
-        "path, b, t, k, l_max, state, reader, dtype"
+        "path, b, t, k, l_max, state, reader, pooling, similarity, temperature, calibration, dtype"
     )
 
 

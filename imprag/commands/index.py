@@ -88,15 +88,19 @@ def parse_shard(spec: str | None) -> tuple[int, int, bool]:
     return env_rank, env_world, env_world > 1
 
 
-def _model_encoder(path: Path, device: str | None, model_dtype: str, max_length: int | None):
+def _model_encoder(
+    path: Path, device: str | None, model_dtype: str, max_length: int | None, passages: Path, out: Path
+):
     import torch
 
     from imprag.index.encoder import model_encoder
+    from imprag.model.calibration import ensure_calibrated
     from imprag.model.imprag import ImpRAG
 
     if device is None:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}" if torch.cuda.is_available() else "cpu"
     m = ImpRAG.from_pretrained(path, dtype=model_dtype, device=device)
+    ensure_calibrated(m, passages, saved=out)  # a backbone used as it is: calibrated from this corpus
     encoder = model_encoder(m, max_length, source=path)
     return encoder, encoder.info["max_length"]
 
@@ -112,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None or args.passages is None:
         raise UserError("--model and --passages are required (only --merge-only works without them)")
     rank, world, torchrun = parse_shard(args.shard)
-    encoder, limit = _model_encoder(args.model, args.device, args.model_dtype, args.max_length)
+    encoder, limit = _model_encoder(
+        args.model, args.device, args.model_dtype, args.max_length, args.passages, args.out
+    )
     cfg = IndexBuildConfig(
         out=args.out,
         passages=args.passages,

@@ -35,7 +35,7 @@ from imprag.errors import UserError
 from imprag.index.corpus import Chunk, CorpusInfo, find_repeated_id, iter_chunks, num_chunks, scan_corpus
 from imprag.index.faiss_build import atomic_write_index, build_faiss, plan_factory
 from imprag.index.shards import SHARD_DIR, Shard, load_shard, write_shard
-from imprag.io import atomic_write_json, read_json
+from imprag.io import atomic_write_bytes, atomic_write_json, read_json
 from imprag.passage import passage_text
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,15 @@ class Encoder:
     """What turns passage texts into vectors: `embed(texts) -> (B, dim) float32`.
 
     `fingerprint` identifies the weights + settings behind the vectors (an index is only valid for it);
-    `info` is recorded in metadata.json (b, state, model path...).
+    `info` is recorded in metadata.json (b, state, model path...); `files` are written into the index
+    folder when the build starts (the model's retrieval calibration, which queries need too).
     """
 
     embed: Callable[[list[str]], np.ndarray]
     dim: int
     fingerprint: str
     info: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -175,6 +177,9 @@ def prepare_build(cfg: IndexBuildConfig, encoder: Encoder) -> dict[str, Any]:
     if previous != record:
         cfg.out.mkdir(parents=True, exist_ok=True)  # only now: a refused build leaves no folder behind
         atomic_write_json(path, record)  # first start, or the same file seen at a new path/mtime
+    for name, data in encoder.files.items():
+        if not (cfg.out / name).exists():
+            atomic_write_bytes(cfg.out / name, data)
     return record
 
 

@@ -17,4 +17,9 @@ def model_encoder(model: Any, max_length: int | None = None, source: str | Path 
     info: dict[str, Any] = {"b": model.config.b, "state": model.config.state, "max_length": limit}
     if source is not None:
         info["model"] = str(Path(source).resolve())
-    return Encoder(embed=embed, dim=model.dim, fingerprint=model.fingerprint(), info=info)
+    files = {}
+    if model.calibration is not None and model.config.calibration != "none":  # queries need it too
+        from imprag.model.calibration import CALIBRATION_NAME
+
+        files[CALIBRATION_NAME] = model.calibration.to_bytes()
+    return Encoder(embed=embed, dim=model.dim, fingerprint=model.fingerprint(), info=info, files=files)

@@ -108,6 +108,7 @@ class Index:
         )
         index = cls(d, meta, fi, store, allow_mismatch)
         if model is not None:
+            index.install_calibration(model)
             index.check_model(model)
         return index
 
@@ -120,6 +121,15 @@ class Index:
             return p
         rel = (d / meta["passages"].get("path_relative", "")).resolve()
         return rel if rel.is_file() else p  # a missing file is reported on first access
+
+    def install_calibration(self, model: Any) -> None:
+        """A model that needs retrieval calibration means and has none takes the ones this index was built
+        with (`imprag index` calibrates a plain backbone from its corpus and stores them here)."""
+        from imprag.model.calibration import Calibration
+
+        config = getattr(model, "config", None)
+        if getattr(config, "calibration", "none") != "none" and getattr(model, "calibration", 1) is None:
+            model.calibration = Calibration.load(self.dir)
 
     def check_model(self, model: Any) -> None:
         """Refuse a model whose passage vectors are not the ones this index holds."""

@@ -14,6 +14,13 @@ from imprag.io import atomic_write_json
 CONFIG_NAME = "imprag.json"
 STATES = ("pre_rope", "post_rope")
 READERS = ("concat", "independent")
+POOLINGS = ("mean", "last")
+SIMILARITIES = ("cosine", "dot")
+CALIBRATIONS = ("template", "mean", "none")
+# The paper's retrieval state (last token, dot product, nothing subtracted): what an imprag.json written
+# before these options existed meant, and one flag set away (`--pooling last --similarity dot
+# --calibration none`). The defaults were chosen by measurement (docs/benchmarks.md).
+PAPER_RETRIEVAL = {"pooling": "last", "similarity": "dot", "calibration": "none"}
 
 
 @dataclass
@@ -24,6 +31,12 @@ class ImpRAGConfig:
     l_max: int = 128  # max tokens per passage; the prompt's positions start at k * l_max
     state: str = "pre_rope"  # retrieval vectors before or after the rotary embedding
     reader: str = "concat"  # "concat": passages as one causal sequence; "independent": each from position 0
+    # layer-b states pooled over the tokens ("mean": every token but the first, an attention sink) or the
+    # last token's ("last": the paper)
+    pooling: str = "mean"
+    similarity: str = "cosine"  # "cosine": unit vectors, score = cos / temperature; "dot": the paper
+    temperature: float = 0.05  # cosine only: query vectors are scaled by 1 / temperature
+    calibration: str = "template"  # subtract a mean: per prompt format ("template"), one ("mean"), "none"
 
     @property
     def prompt_offset(self) -> int:
@@ -39,6 +52,15 @@ class ImpRAGConfig:
             raise UserError(f"--k and --l-max must be positive (got k={self.k}, l_max={self.l_max})")
         if self.state not in STATES:
             raise UserError(f"--state must be one of {', '.join(STATES)} (got {self.state!r})")
+        for flag, value, choices in (
+            ("--pooling", self.pooling, POOLINGS),
+            ("--similarity", self.similarity, SIMILARITIES),
+            ("--calibration", self.calibration, CALIBRATIONS),
+        ):
+            if value not in choices:
+                raise UserError(f"{flag} must be one of {', '.join(choices)} (got {value!r})")
+        if not self.temperature > 0:
+            raise UserError(f"--temperature must be positive (got {self.temperature})")
         if self.reader not in READERS:
             raise UserError(f"--reader must be one of {', '.join(READERS)} (got {self.reader!r})")
         return self
@@ -65,4 +87,5 @@ class ImpRAGConfig:
         unknown = set(data) - known
         if unknown:
             raise UserError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
-        return ImpRAGConfig(**data)
+        legacy = {k: v for k, v in PAPER_RETRIEVAL.items() if "pooling" not in data}
+        return ImpRAGConfig(**{**legacy, **data})

@@ -13,13 +13,15 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from imprag.errors import UserError
 from imprag.model.arch import ArchSpec, get, rotary_fn, spec_for
-from imprag.model.config import ImpRAGConfig
+from imprag.model.calibration import Calibration, calibration_prompts, template_key
+from imprag.model.config import PAPER_RETRIEVAL, ImpRAGConfig
 from imprag.model.layer_groups import LayerKV, attention_mask_4d, last_token_index, positions_from_mask
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,7 @@ class ImpRAG:
         self.num_kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
         self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         self._warned: set[str] = set()
+        self.calibration: Calibration | None = None  # the means `config.calibration` subtracts
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -101,6 +104,10 @@ class ImpRAG:
         l_max: int | None = None,
         state: str | None = None,
         reader: str | None = None,
+        pooling: str | None = None,
+        similarity: str | None = None,
+        temperature: float | None = None,
+        calibration: str | None = None,
         dtype: torch.dtype | str | None = None,
         device: str | torch.device | None = None,
         gguf_file: str | None = None,
@@ -137,7 +144,15 @@ class ImpRAG:
             lm.to(device)  # type: ignore[arg-type]
         lm.eval()
         saved = ImpRAGConfig.load(path) if path.is_dir() else None
-        overrides = {"b": b, "t": t, "k": k, "l_max": l_max, "state": state, "reader": reader}
+        overrides: dict[str, Any] = {"b": b, "t": t, "k": k, "l_max": l_max, "state": state, "reader": reader}
+        overrides.update(
+            {
+                "pooling": pooling,
+                "similarity": similarity,
+                "temperature": temperature,
+                "calibration": calibration,
+            }
+        )
         if saved is not None:
             for name, value in overrides.items():
                 if value is not None:
@@ -145,13 +160,18 @@ class ImpRAG:
             config = saved
         else:
             config = ImpRAGConfig.default_for(lm.config.num_hidden_layers, **overrides)
-        return cls(lm, tokenizer, config)
+        model = cls(lm, tokenizer, config)
+        if path.is_dir():
+            model.calibration = Calibration.load(path)
+        return model
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
         self.lm.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         self.config.save(directory)
+        if self.calibration is not None:
+            self.calibration.save(directory)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -190,6 +210,10 @@ class ImpRAG:
         h = hashlib.sha256()
         cfg = self.config
         h.update(f"{self.lm.config.model_type}|b={cfg.b}|state={cfg.state}|l_max={cfg.l_max}".encode())
+        if any(getattr(cfg, k) != v for k, v in PAPER_RETRIEVAL.items()):  # paper-setting prints unchanged
+            h.update(f"|pooling={cfg.pooling}|similarity={cfg.similarity}|cal={cfg.calibration}".encode())
+            if cfg.calibration != "none":
+                h.update(self._calibration().passage.float().numpy().tobytes())
         if cfg.state == "post_rope":
             h.update(repr(getattr(self.lm.config, "rope_parameters", None)).encode())
         for module in self.retrieval_modules(query=False):
@@ -300,30 +324,77 @@ class ImpRAG:
     def _rope(self, hidden, position_ids):
         return get(self.lm, self.spec.rotary)(hidden, position_ids)
 
-    def _retrieval_state(self, hidden_b, positions, kind: str) -> torch.Tensor:
-        """Layer b's query ("q") or key ("k") state of selected tokens.
+    def _retrieval_state(self, hidden_b, positions, pool, kind: str) -> torch.Tensor:
+        """Layer b's query ("q") or key ("k") state pooled over the tokens `pool` marks (before calibration).
 
-        hidden_b (B, H): the selected tokens' input to layer b; positions (B,): their position ids.
-        Returns (B, h_k * d): keys as they are, queries averaged over each GQA group (query head j belongs to
-        key head j // g, as in HF's repeat_kv).
+        hidden_b (B, T, H): the input to layer b; positions (B, T): position ids; pool (B, T) bool.
+        Per token: keys as they are, queries averaged over each GQA group (query head j belongs to key head
+        j // g, as in HF's repeat_kv). Returns (B, h_k * d): the mean over the pooled tokens.
         """
+        if self.config.pooling == "last":  # one token per row: project only that token
+            rows = torch.arange(hidden_b.shape[0], device=hidden_b.device)
+            idx = pool.long().argmax(-1)
+            hidden_b, positions = hidden_b[rows, idx][:, None], positions[rows, idx][:, None]
+            pool = torch.ones_like(positions, dtype=torch.bool)
+        B, T = positions.shape
         layer = self.layers[self.config.b]
         attn = get(layer, self.spec.attn)
         x = get(layer, self.spec.input_norm)(hidden_b)
         heads = self.num_heads if kind == "q" else self.num_kv_heads
         proj = get(attn, self.spec.q_proj if kind == "q" else self.spec.k_proj)
-        s = proj(x).view(x.shape[0], heads, self.head_dim)  # (B, heads, d)
+        s = proj(x).view(B, T, heads, self.head_dim)  # (B, T, heads, d)
         norm_name = self.spec.q_norm if kind == "q" else self.spec.k_norm
         if norm_name:
             s = get(attn, norm_name)(s)
         if self.config.state == "post_rope":
-            cos, sin = self._rope(x[:, None], positions[:, None])  # (B, 1, d)
-            s4 = s[:, :, None, :]  # (B, heads, 1, d)
-            s = self._apply_rotary(s4, s4, cos, sin)[0][:, :, 0, :]
+            cos, sin = self._rope(x, positions)  # (B, T, d)
+            s4 = s.transpose(1, 2)  # (B, heads, T, d)
+            s = self._apply_rotary(s4, s4, cos, sin)[0].transpose(1, 2)
         if kind == "q":
             g = self.num_heads // self.num_kv_heads
-            s = s.view(s.shape[0], self.num_kv_heads, g, self.head_dim).mean(2)
-        return s.reshape(s.shape[0], -1)
+            s = s.view(B, T, self.num_kv_heads, g, self.head_dim).mean(3)
+        s = s.reshape(B, T, -1)
+        w = pool.to(s.dtype)[..., None]  # (B, T, 1)
+        return (s * w).sum(1) / w.sum(1).clamp(min=1)
+
+    def _pool_mask(self, attention_mask, last=None) -> torch.Tensor:
+        """(B, T) bool: the tokens whose states are pooled: the last real token (or `last` (B,)) for "last";
+        for "mean" every real token up to it except the sequence's first (an attention sink / BOS), unless
+        that is the only one."""
+        valid = attention_mask.bool()
+        last = last_token_index(attention_mask) if last is None else last
+        idx = torch.arange(valid.shape[1], device=valid.device)[None]  # (1, T)
+        if self.config.pooling == "last":
+            return idx == last[:, None]
+        keep = valid & (idx <= last[:, None])
+        first = valid.long().argmax(-1)[:, None]  # (B, 1): first real token
+        return keep & ~((idx == first) & (keep.sum(-1, keepdim=True) > 1))
+
+    def _calibration(self) -> Calibration:
+        if self.calibration is None:
+            raise UserError(
+                f"this model's retrieval needs calibration means (calibration={self.config.calibration!r}) and "
+                "has none: run `imprag calibrate --model DIR --passages FILE` (or pass --calibration none)"
+            )
+        return self.calibration
+
+    def finish_vectors(self, raw: torch.Tensor, kind: str, keys: list[str] | None = None) -> torch.Tensor:
+        """Raw pooled states (B, D) -> search vectors: subtract the calibration mean (queries: their
+        format's, from `keys`), then for cosine scale to unit length (queries to 1 / temperature), so that
+        a plain inner product is the model's score."""
+        cfg = self.config
+        if cfg.calibration != "none":
+            cal = self._calibration()
+            if kind == "k":
+                mean = cal.passage.to(raw)[None]
+            else:
+                mean = cal.query_means(keys or ["free"] * raw.shape[0], cfg.calibration).to(raw)
+            raw = raw - mean
+        if cfg.similarity == "cosine":
+            raw = torch.nn.functional.normalize(raw.float(), dim=-1).to(raw.dtype)
+            if kind == "q":
+                raw = raw / cfg.temperature
+        return raw
 
     def _bottom(self, input_ids, attention_mask, offset: int):
         """Layers 0..b-1 over whole sequences (no cache). Returns (hidden at layer b's input (B,T,H), positions)."""
@@ -335,20 +406,25 @@ class ImpRAG:
             hidden = self._run_layer(i, hidden, mask, pe, None)
         return hidden, positions
 
-    def query_vectors(self, input_ids, attention_mask, token_index=None) -> torch.Tensor:
-        """(B, h_k*d) with autograd: layer b's query state at `token_index` (default: each row's last token)."""
+    def query_states(self, input_ids, attention_mask, token_index=None) -> torch.Tensor:
+        """(B, h_k*d) with autograd: layer b's pooled query state, uncalibrated; `token_index` (B,) is each
+        row's last prompt token (default: its last real token)."""
         offset = self.config.prompt_offset if self.config.state == "post_rope" else 0
         hidden, positions = self._bottom(input_ids, attention_mask, offset)
-        idx = last_token_index(attention_mask) if token_index is None else token_index
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return self._retrieval_state(hidden[rows, idx], positions[rows, idx], "q")
+        return self._retrieval_state(hidden, positions, self._pool_mask(attention_mask, token_index), "q")
+
+    def passage_states(self, input_ids, attention_mask) -> torch.Tensor:
+        """(B, h_k*d) with autograd: layer b's pooled key state of each passage, uncalibrated."""
+        hidden, positions = self._bottom(input_ids, attention_mask, 0)
+        return self._retrieval_state(hidden, positions, self._pool_mask(attention_mask), "k")
+
+    def query_vectors(self, input_ids, attention_mask, token_index=None, keys=None) -> torch.Tensor:
+        """(B, h_k*d) with autograd: the search vectors of prompts (`keys`: their calibration keys)."""
+        return self.finish_vectors(self.query_states(input_ids, attention_mask, token_index), "q", keys)
 
     def passage_vectors(self, input_ids, attention_mask) -> torch.Tensor:
-        """(B, h_k*d) with autograd: layer b's key state of each passage's last token."""
-        hidden, positions = self._bottom(input_ids, attention_mask, 0)
-        idx = last_token_index(attention_mask)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return self._retrieval_state(hidden[rows, idx], positions[rows, idx], "k")
+        """(B, h_k*d) with autograd: the index vectors of passages."""
+        return self.finish_vectors(self.passage_states(input_ids, attention_mask), "k")
 
     def encode_passages(self, passages: PassageInputs):
         """Run passages through layers 0..t. Returns ({layer: (K, V) (B, h_k, P, d)} for b..t, valid (B, P))."""
@@ -374,7 +450,9 @@ class ImpRAG:
             valid = valid.view(B, n * ids.shape[1])
         return prefix, valid
 
-    def _prompt_layers(self, hidden, key_valid, position_ids, cache: LayerKV, prefix_valid, query_index=None):
+    def _prompt_layers(
+        self, hidden, key_valid, position_ids, cache: LayerKV, prefix_valid, query_index=None, query_keys=None
+    ):
         """All N layers over new prompt tokens. Middle layers b..t see the passage prefix held in `cache`.
 
         hidden (B, T, H); key_valid (B, S) for the S sequence keys incl. these T; position_ids (B, T).
@@ -390,18 +468,26 @@ class ImpRAG:
         qvec = None
         for i in range(self.num_layers):
             if i == b and query_index is not None:
-                rows = torch.arange(hidden.shape[0], device=hidden.device)
-                qvec = self._retrieval_state(hidden[rows, query_index], position_ids[rows, query_index], "q")
+                pool = self._pool_mask(key_valid[:, -T:], query_index)
+                qvec = self.finish_vectors(
+                    self._retrieval_state(hidden, position_ids, pool, "q"), "q", query_keys
+                )
             hidden = self._run_layer(i, hidden, mid_mask if b <= i <= t else self_mask, pe, cache)
         return get(self.lm, self.spec.final_norm)(hidden), qvec
 
     def forward(
-        self, input_ids, attention_mask, passages: PassageInputs | None = None, query_index=None
+        self,
+        input_ids,
+        attention_mask,
+        passages: PassageInputs | None = None,
+        query_index=None,
+        query_keys: list[str] | None = None,
     ) -> ImpRAGOutput:
         """Training/scoring forward over prompt(+response) tokens (B, T) with optional passages.
 
         With passages the sequence's positions start at k * l_max; `query_index` (B,) picks the token whose
-        layer-b query state is returned (the prompt's last token).
+        layer-b query state is returned (the prompt's last token; "mean" pooling averages up to it) and
+        `query_keys` are the prompts' calibration keys (`calibration.template_key`).
         """
         prefix, prefix_valid, offset = {}, None, 0
         if passages is not None:
@@ -410,7 +496,13 @@ class ImpRAG:
         position_ids = positions_from_mask(attention_mask, offset)
         hidden = get(self.lm, self.spec.embed)(input_ids)
         hidden, qvec = self._prompt_layers(
-            hidden, attention_mask.bool(), position_ids, LayerKV(prefix, "read"), prefix_valid, query_index
+            hidden,
+            attention_mask.bool(),
+            position_ids,
+            LayerKV(prefix, "read"),
+            prefix_valid,
+            query_index,
+            query_keys,
         )
         return ImpRAGOutput(get(self.lm, self.spec.head)(hidden), qvec)
 
@@ -422,23 +514,58 @@ class ImpRAG:
         """(B, h_k*d) float32 on CPU: the implicit query of each prompt."""
         out = []
         for s in range(0, len(prompts), batch_size):
-            ids, mask = self.encode_prompts(prompts[s : s + batch_size], side="left", with_passages=True)
-            out.append(self.query_vectors(ids, mask).float().cpu())
+            chunk = prompts[s : s + batch_size]
+            ids, mask = self.encode_prompts(chunk, side="left", with_passages=True)
+            keys = [template_key(p) for p in chunk]
+            out.append(self.query_vectors(ids, mask, keys=keys).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, self.dim)
 
     @torch.no_grad()
     def embed_passages(
         self, texts: list[str], batch_size: int = 32, max_length: int | None = None
     ) -> torch.Tensor:
-        """(B, h_k*d) float32 on CPU: layer b's key state of each passage's last token (first l_max tokens).
-        Runs only layers 0..b-1 plus layer b's input norm and key projection."""
+        """(B, h_k*d) float32 on CPU: layer b's key state of each passage (first l_max tokens), pooled and
+        calibrated. Runs only layers 0..b-1 plus layer b's input norm and key projection."""
+        raw = self._embed_passage_states(texts, batch_size, max_length)
+        return self.finish_vectors(raw, "k")
+
+    def _embed_passage_states(self, texts, batch_size: int = 32, max_length: int | None = None):
         limit = max_length or self.config.l_max
         out = []
         for s in range(0, len(texts), batch_size):
             seqs = [self._truncate_passage(x, limit) for x in self._tokenize(texts[s : s + batch_size])]
             ids, mask = self._pad(seqs, "right")
-            out.append(self.passage_vectors(ids, mask).float().cpu())
+            out.append(self.passage_states(ids, mask).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, self.dim)
+
+    @torch.no_grad()
+    def calibrate(
+        self,
+        passages: list[str],
+        prompts: dict[str, list[str]] | None = None,
+        max_passages: int = 2048,
+        batch_size: int = 32,
+        seed: int = 0,
+    ) -> Calibration:
+        """Set (and return) the calibration means: the passage mean over up to `max_passages` of `passages`,
+        and per prompt format the mean query state of `prompts` (default: `calibration_prompts`, slots filled
+        from the passages; every known format and FREE). Needs no labels."""
+        import random
+
+        sample = list(passages)
+        if len(sample) > max_passages:
+            sample = random.Random(seed).sample(sample, max_passages)
+        prompts = dict(calibration_prompts(sample, seed=seed), **(prompts or {}))
+        p_mean = self._embed_passage_states(sample, batch_size).mean(0)
+        q_means = {}
+        for key, rows in prompts.items():
+            states = []
+            for s in range(0, len(rows), batch_size):
+                ids, mask = self.encode_prompts(rows[s : s + batch_size], side="left", with_passages=True)
+                states.append(self.query_states(ids, mask).float().cpu())
+            q_means[key] = torch.cat(states).mean(0)
+        self.calibration = Calibration(p_mean, q_means)
+        return self.calibration
 
     def generate(
         self, prompts: list[str], passages: list[list[str]] | None = None, **kwargs

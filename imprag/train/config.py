@@ -25,6 +25,16 @@ class ModelConfig:
     l_max: int | None = option(None, "max tokens per passage")
     state: Literal["pre_rope", "post_rope"] | None = option(None, "retrieval vectors before/after RoPE")
     reader: Literal["concat", "independent"] | None = option(None, "how the passages are read")
+    pooling: Literal["mean", "last"] | None = option(
+        None, "retrieval state pooled over tokens, or the last's"
+    )
+    similarity: Literal["cosine", "dot"] | None = option(
+        None, "retrieval score: cosine / temperature, or dot"
+    )
+    temperature: float | None = option(None, "cosine similarity's temperature (default 0.05)")
+    calibration: Literal["template", "mean", "none"] | None = option(
+        None, "means subtracted from retrieval states: per prompt format, one, or none"
+    )
     dtype: Literal["float32", "bfloat16"] = option("float32", "weight dtype (bf16 autocast is `precision`)")
 
 
@@ -95,6 +105,22 @@ def _default_stages() -> list[StageConfig]:
 
 
 @dataclass
+class CachedWarmupConfig:
+    steps: int = option(
+        0,
+        "steps of the cached retrieval warmup run before the stages (0: off): layers 0..b-1 frozen and "
+        "cached once, layer b's norm and q/k projections trained with every passage as a negative",
+    )
+    batch_size: int = option(64, "training prompts per step")
+    lr: float = option(1e-3, "AdamW learning rate (constant)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    labels: Literal["mined", "gold"] = option(
+        "mined", "positives: the top data.positives mined candidates, or the gold passages"
+    )
+    cache_dir: str | None = option(None, "where the cached layer-b inputs go (default: OUT/cache)")
+
+
+@dataclass
 class LossConfig:
     tau_t: float = option(1.0, "teacher temperature of self-distillation: P_T = softmax(logp / tau_t)")
     tau_r: float = option(1.0, "retriever temperature: P_R = softmax(s / tau_r)")
@@ -150,6 +176,7 @@ class TrainConfig:
     out: str = option("runs/train", "output folder: checkpoints/, final/, metrics.jsonl")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    cached_warmup: CachedWarmupConfig = field(default_factory=CachedWarmupConfig)
     stages: list[StageConfig] = option(default_factory=_default_stages, help="training stages, run in order")
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -237,6 +264,15 @@ class TrainConfig:
                 v = getattr(s, name)
                 if v is not None and v < 1:
                     raise UserError(f"--stages.{i}.{name} must be at least 1 (got {v})")
+        cw = self.cached_warmup
+        if cw.steps < 0 or cw.batch_size < 1 or cw.lr <= 0 or cw.weight_decay < 0:
+            raise UserError(
+                "--cached_warmup.steps must be >= 0, --cached_warmup.batch_size >= 1, --cached_warmup.lr > 0"
+            )
+        if cw.steps and not d.retrieval:
+            raise UserError(
+                "--cached_warmup.steps needs retrieval data: list mined files under data.retrieval"
+            )
         o = self.optim
         if o.lr <= 0:
             raise UserError(f"--optim.lr must be positive (got {o.lr})")

@@ -121,14 +121,33 @@ class _Trainer:
             )
         return None
 
-    def _build_model(self, ckpt: Path | None) -> ImpRAG:
+    def _build_model(self, ckpt: Path | None, mixture: Mixture, passages: dict[str, str]) -> ImpRAG:
         mc, cfg = self.cfg.model, self.cfg
         path = Path(mc.path) if not (ckpt is not None and not cfg.lora.enabled) else ckpt / "model"
         # the first process loads alone first so a conversion/cache is not raced by the others
         model = ImpRAG.from_pretrained(
-            path, b=mc.b, t=mc.t, k=mc.k, l_max=mc.l_max, state=mc.state, reader=mc.reader, dtype=mc.dtype
+            path,
+            b=mc.b,
+            t=mc.t,
+            k=mc.k,
+            l_max=mc.l_max,
+            state=mc.state,
+            reader=mc.reader,
+            pooling=mc.pooling,
+            similarity=mc.similarity,
+            temperature=mc.temperature,
+            calibration=mc.calibration,
+            dtype=mc.dtype,
         )
         model.lm.to(self.env.device)
+        # before LoRA: it trains layer b's own weights (a LoRA checkpoint holds only adapters: redo it from
+        # the cache on resume, deterministically)
+        if cfg.cached_warmup.steps and (ckpt is None or cfg.lora.enabled):
+            from imprag.train.retrieval_cache import run_cached_warmup
+
+            run_cached_warmup(model, cfg, mixture.retrieval, passages, self.env, self.out)
+        elif model.config.calibration != "none" and model.calibration is None:
+            self._calibrate(model, mixture, passages)
         if cfg.lora.enabled:
             from imprag.train.lora import apply_lora
 
@@ -137,6 +156,22 @@ class _Trainer:
         model.gradient_checkpointing = cfg.gradient_checkpointing
         model.lm.train()
         return model
+
+    def _calibrate(self, model: ImpRAG, mixture: Mixture, passages: dict[str, str]) -> None:
+        """Calibration means from the current weights: a passage sample, and per format the training prompts
+        (every process computes the same)."""
+        from imprag.model.calibration import template_key
+
+        if not passages or model.config.calibration == "none":
+            return
+        texts = list(passages.values())
+        prompts: dict[str, list[str]] = {}
+        for ex in (e for src in mixture.retrieval for e in src):
+            prompts.setdefault(template_key(ex.prompt), []).append(ex.prompt)
+        was_training = model.lm.training
+        model.lm.eval()
+        model.calibrate(texts, {k: v[:512] for k, v in prompts.items()}, max_passages=512, seed=self.cfg.seed)
+        model.lm.train(was_training)
 
     def _wrap(self, objective: TrainObjective, model: ImpRAG) -> torch.nn.Module:
         env, strategy = self.env, self.cfg.distributed.strategy
@@ -198,6 +233,8 @@ class _Trainer:
                 model.lm.save_pretrained(directory, state_dict=state_dict)
                 model.tokenizer.save_pretrained(directory)
                 model.config.save(directory)
+                if model.calibration is not None:
+                    model.calibration.save(directory)
 
         return save
 
@@ -273,7 +310,7 @@ class _Trainer:
         mixture = Mixture(cfg, passages)
         plans = mixture.plan(env.world_size)
         total_steps = plans[-1].end
-        model = self._build_model(ckpt)
+        model = self._build_model(ckpt, mixture, passages)
         collator = Collator(
             model.tokenizer,
             cfg.data.max_prompt_tokens,
@@ -402,6 +439,9 @@ class _Trainer:
         finally:
             if bar is not None:
                 bar.close()
+        moved = [p for p in plans if p.start < done and not p.config.freeze_retrieval]
+        if moved and model.config.calibration != "none":  # the stages moved the states: fresh means
+            self._calibrate(model, mixture, passages)
         if dev is not None:
             self._evaluate(dev, model, wrapped, done, plan)
         save_model = self._save_model_fn(model, wrapped)

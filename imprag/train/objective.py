@@ -16,6 +16,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from imprag.model.calibration import template_key
 from imprag.model.imprag import ImpRAG
 from imprag.train.collate import Collator
 from imprag.train.config import StageConfig, TrainConfig
@@ -111,6 +112,7 @@ class TrainObjective(nn.Module):
                     batch.attention_mask.to(device),
                     passages=passages,
                     query_index=batch.query_index.to(device),
+                    query_keys=[template_key(r.prompt) for r in rows_r],  # type: ignore[union-attr]
                 )
                 s, c = response_nll(out.logits, batch.labels.to(device))
                 if dummy:
@@ -128,7 +130,8 @@ class TrainObjective(nn.Module):
             if qvec is None:
                 prompts = [s.example.prompt for s in loc_ret] or ["."]
                 ids, mask = self.collator.prompts(prompts)
-                qvec = m.query_vectors(ids.to(device), mask.to(device))
+                keys = [template_key(p) for p in prompts]
+                qvec = m.query_vectors(ids.to(device), mask.to(device), keys=keys)
                 if loc_ret:
                     tokens += int(mask.sum())
                 else:

@@ -1,0 +1,309 @@
+"""The cheap retrieval warmup: layers 0..b-1 frozen, their outputs cached once, layer b's input norm and
+q/k projections trained from the cache with every passage of the corpus as a negative.
+
+With "mean" or "last" pooling, states before RoPE and no per-head q/k norm, a pooled state is linear in
+the pooled *normalised* layer-b input: mean_t W (g * n(h_t)) = W (g * mean_t n(h_t)), where n is RMSNorm
+without its weight g. So each passage and prompt is cached as one vector u (H,) and a training step is a
+few matrix products over all of them: the softmax runs over the whole corpus exactly (global negatives),
+and the calibration means are exact too. Shapes: N passages, Q prompts, H hidden size, D = h_k * d.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from imprag.errors import UserError
+from imprag.model.arch import get
+from imprag.model.calibration import FREE, Calibration
+from imprag.model.imprag import ImpRAG
+from imprag.train.losses import multi_label_nce
+
+log = logging.getLogger(__name__)
+
+
+def check_cacheable(model: ImpRAG) -> None:
+    """The cache holds pooled inputs, which is exact only for a linear retrieval head."""
+    attn = get(model.layers[model.config.b], model.spec.attn)
+    if model.config.state != "pre_rope" or any(
+        n and hasattr(attn, n) for n in (model.spec.q_norm, model.spec.k_norm)
+    ):
+        raise UserError(
+            f"the cached retrieval warmup needs --state pre_rope and no q/k norm ({model.lm.config.model_type}, "
+            f"state {model.config.state}); train retrieval with an uncached nce stage instead"
+        )
+
+
+def cache_key(model: ImpRAG) -> str:
+    """What the cached inputs depend on: the frozen weights (embeddings, layers 0..b-1), b, l_max, the
+    pooling and the state choice."""
+    h = hashlib.sha256()
+    c = model.config
+    h.update(f"{model.lm.config.model_type}|b={c.b}|l_max={c.l_max}|{c.pooling}|{c.state}|{c.k}".encode())
+    for module in model.retrieval_modules(query=False)[: c.b + 1]:  # embeddings + layers 0..b-1
+        for name, tensor in module.state_dict().items():
+            h.update(name.encode())
+            h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def pooled_inputs(model: ImpRAG, input_ids, attention_mask, kind: str, token_index=None) -> torch.Tensor:
+    """(B, H) float32: layer b's input, RMS-normalised without the norm weight, pooled as the model pools."""
+    offset = model.config.prompt_offset if kind == "q" and model.config.state == "post_rope" else 0
+    hidden, _ = model._bottom(input_ids, attention_mask, offset)  # (B, T, H)
+    norm = get(model.layers[model.config.b], model.spec.input_norm)
+    h = hidden.float()
+    n = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    w = model._pool_mask(attention_mask, token_index).float()[..., None]  # (B, T, 1)
+    return (n * w).sum(1) / w.sum(1).clamp(min=1)
+
+
+@torch.no_grad()
+def build_cache(
+    model: ImpRAG, texts: list[str], kind: str, path: Path | None = None, batch_size: int = 16, desc: str = ""
+) -> torch.Tensor:
+    """(N, H) pooled inputs of prompts ("q") or passages ("k"), in chunks saved under `path` (resumable:
+    finished chunks are reused; a chunk is written atomically)."""
+    from tqdm.auto import tqdm
+
+    chunk = 512
+    parts = []
+    digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:12]  # other texts: other files
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(texts), desc=desc or f"cache {kind}", unit="text", dynamic_ncols=True, leave=False)
+    for c in range(0, len(texts), chunk):
+        file = path / f"{kind}-{digest}-{c // chunk:05d}.pt" if path is not None else None
+        if file is not None and file.exists():
+            part = torch.load(file)
+            if part.shape[0] == len(texts[c : c + chunk]):
+                parts.append(part)
+                bar.update(part.shape[0])
+                continue
+        rows = []
+        for s in range(c, min(c + chunk, len(texts)), batch_size):
+            batch = texts[s : min(s + batch_size, c + chunk)]
+            if kind == "q":
+                ids, mask = model.encode_prompts(batch, side="left", with_passages=True)
+            else:
+                seqs = [model._truncate_passage(x, model.config.l_max) for x in model._tokenize(batch)]
+                ids, mask = model._pad(seqs, "right")
+            rows.append(pooled_inputs(model, ids, mask, kind).cpu())
+            bar.update(len(batch))
+        part = torch.cat(rows)
+        if file is not None:
+            tmp = file.with_suffix(".tmp")
+            torch.save(part, tmp)
+            tmp.replace(file)
+        parts.append(part)
+    bar.close()
+    return torch.cat(parts) if parts else torch.zeros(0, model.lm.config.hidden_size)
+
+
+class RetrievalHead:
+    """Layer b's retrieval path applied to cached pooled inputs: exactly the model's raw states."""
+
+    def __init__(self, model: ImpRAG):
+        self.model = model
+        layer = model.layers[model.config.b]
+        attn = get(layer, model.spec.attn)
+        self.norm = get(layer, model.spec.input_norm)
+        self.q_proj = get(attn, model.spec.q_proj)
+        self.k_proj = get(attn, model.spec.k_proj)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [*self.norm.parameters(), *self.q_proj.parameters(), *self.k_proj.parameters()]
+
+    def states(self, u: torch.Tensor, kind: str) -> torch.Tensor:
+        """u (B, H) -> raw pooled states (B, D)."""
+        m = self.model
+        x = self.norm.weight.float() * u
+        if kind == "k":
+            return torch.nn.functional.linear(x, self.k_proj.weight.float(), _f(self.k_proj.bias))
+        q = torch.nn.functional.linear(x, self.q_proj.weight.float(), _f(self.q_proj.bias))
+        g = m.num_heads // m.num_kv_heads
+        return q.view(-1, m.num_kv_heads, g, m.head_dim).mean(2).reshape(q.shape[0], -1)
+
+
+def _f(bias):
+    return None if bias is None else bias.float()
+
+
+@dataclass
+class CachedData:
+    """Training prompts with their positive passages (indices into the passage cache), plus prompts that
+    serve only the calibration of formats the training prompts lack (`extra_*`)."""
+
+    prompt_u: torch.Tensor  # (Q, H)
+    keys: list[str]  # (Q,) calibration key of each prompt
+    positives: list[list[int]]  # per prompt: rows of passage_u
+    passage_u: torch.Tensor  # (N, H)
+    extra_u: torch.Tensor | None = None  # (E, H)
+    extra_keys: list[str] = field(default_factory=list)
+
+
+def _key(k: str, mode: str) -> str:
+    return k if mode == "template" else FREE
+
+
+def calibration_means(head: RetrievalHead, data: CachedData, p_raw: torch.Tensor, q_raw: torch.Tensor):
+    """Exact means over the cache: the passage mean, and per format the mean of its training prompts
+    (formats without training prompts: of their calibration-only prompts)."""
+    mode = head.model.config.calibration
+    rows: dict[str, list[int]] = {}
+    for i, k in enumerate(data.keys):
+        rows.setdefault(_key(k, mode), []).append(i)
+    means = {k: q_raw[idx].mean(0) for k, idx in rows.items()}
+    if data.extra_u is not None and mode == "template":
+        extra: dict[str, list[int]] = {}
+        for i, k in enumerate(data.extra_keys):
+            if k not in means:
+                extra.setdefault(k, []).append(i)
+        if extra:
+            e_raw = head.states(data.extra_u, "q")
+            means.update({k: e_raw[idx].mean(0) for k, idx in extra.items()})
+    if FREE not in means:  # free-form prompts: the mean of every training prompt
+        means[FREE] = q_raw.mean(0)
+    return Calibration(p_raw.mean(0), means)
+
+
+def calibrated_scores(head: RetrievalHead, data: CachedData, rows: torch.Tensor, tau: float):
+    """Scores (B, N) of training prompts `rows` against every passage, calibrated with the exact means of
+    the whole cache, and the Calibration those means make."""
+    cfg = head.model.config
+    p = head.states(data.passage_u, "k")  # (N, D)
+    q_all = head.states(data.prompt_u, "q")  # (Q, D): every prompt, for its format's mean
+    q = q_all[rows]
+    cal = None
+    if cfg.calibration != "none":
+        cal = calibration_means(head, data, p, q_all)
+        p = p - cal.passage
+        q = q - torch.stack([cal.query[_key(data.keys[i], cfg.calibration)] for i in rows.tolist()])
+    if cfg.similarity == "cosine":
+        p = torch.nn.functional.normalize(p, dim=-1)
+        q = torch.nn.functional.normalize(q, dim=-1) / cfg.temperature
+    return (q @ p.T) / tau, cal
+
+
+def train_cached(
+    model: ImpRAG,
+    data: CachedData,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    tau: float = 1.0,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
+    """Multi-label NCE of each prompt's positives against all N passages (every other passage is a
+    negative), AdamW on layer b's norm and q/k projections only. Returns the loss per step."""
+    from tqdm.auto import tqdm
+
+    check_cacheable(model)
+    head = RetrievalHead(model)
+    params = head.parameters()
+    flags = [prm.requires_grad for prm in params]
+    for prm in params:
+        prm.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    gen = random.Random(seed)
+    order: list[int] = []
+    N = data.passage_u.shape[0]
+    losses = []
+    bar = tqdm(range(steps), desc="cached warmup", unit="step", disable=not progress, dynamic_ncols=True)
+    for _ in bar:
+        if len(order) < batch_size:
+            more = list(range(len(data.positives)))
+            gen.shuffle(more)
+            order += more
+        rows, order = order[:batch_size], order[batch_size:]
+        scores, _ = calibrated_scores(head, data, torch.tensor(rows), tau)
+        pos = torch.zeros((len(rows), N), dtype=torch.bool)
+        for i, r in enumerate(rows):
+            pos[i, data.positives[r]] = True
+        total, count = multi_label_nce(scores, pos, ~pos)
+        loss = total / count.clamp(min=1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        if not math.isfinite(losses[-1]):
+            raise UserError(f"the cached warmup diverged (loss {losses[-1]}); lower its learning rate")
+    for prm, flag in zip(params, flags):
+        prm.requires_grad_(flag)
+    with torch.no_grad():
+        _, cal = calibrated_scores(head, data, torch.arange(len(data.keys)), tau)
+    if cal is not None:
+        model.calibration = cal
+    return losses
+
+
+def run_cached_warmup(model: ImpRAG, cfg, retrieval: list, passages: dict[str, str], env, out: Path) -> None:
+    """The `cached_warmup` section of `imprag train`: cache (rank 0 writes, the others read), then train.
+    Every process runs the same full-batch steps on the same data, so all end with the same weights."""
+    from imprag.model.calibration import calibration_prompts, template_key
+
+    cw = cfg.cached_warmup
+    check_cacheable(model)
+    cache = Path(cw.cache_dir) if cw.cache_dir else out / "cache"
+    cache = cache / cache_key(model)
+    pid_row = {p: i for i, p in enumerate(passages)}
+    examples = []
+    for ex in (e for src in retrieval for e in src):
+        labels = ex.gold if cw.labels == "gold" else ex.candidates[: cfg.data.positives]
+        rows = [pid_row[p] for p in labels if p in pid_row]
+        if rows:
+            examples.append((ex.prompt, rows))
+    if not examples:
+        raise UserError(f"cached_warmup: no retrieval example has a {cw.labels} passage in data.passages")
+    texts = list(passages.values())
+    extra = calibration_prompts(texts[:: max(1, len(texts) // 2048)], per_template=64, seed=cfg.seed)
+    extra_texts = [p for v in extra.values() for p in v]
+
+    def build(show: bool):
+        p_u = build_cache(model, texts, "k", cache / "passages", desc="cache passages")
+        q_u = build_cache(model, [p for p, _ in examples], "q", cache / "prompts", desc="cache prompts")
+        e_u = build_cache(model, extra_texts, "q", cache / "calibration", desc="cache calibration")
+        return p_u, q_u, e_u
+
+    if env.is_main:
+        p_u, q_u, e_u = build(True)
+    env.barrier()
+    if not env.is_main:
+        p_u, q_u, e_u = build(False)
+    data = CachedData(
+        q_u,
+        [template_key(p) for p, _ in examples],
+        [r for _, r in examples],
+        p_u,
+        e_u,
+        [k for k, v in extra.items() for _ in v],
+    )
+    losses = train_cached(
+        model,
+        data,
+        cw.steps,
+        cw.batch_size,
+        cw.lr,
+        cw.weight_decay,
+        cfg.loss.nce_tau,
+        cfg.seed,
+        cfg.progress and env.is_main,
+    )
+    log.info(
+        "cached warmup: %d steps over %d prompts and %d passages, loss %.4f -> %.4f",
+        cw.steps,
+        len(examples),
+        len(texts),
+        losses[0],
+        losses[-1],
+    )

@@ -1,0 +1,297 @@
+"""Reference tests for the retrieval-state options (pooling, similarity, calibration) and the cached warmup:
+every vector path against an independent computation from hooks on a plain HF forward."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from imprag.errors import UserError
+from imprag.model.calibration import FREE, Calibration, calibration_prompts, template_key
+from imprag.model.config import PAPER_RETRIEVAL, ImpRAGConfig
+from imprag.model.imprag import ImpRAG
+from imprag.model.tiny import build_tokenizer, tiny_model
+from imprag.train.losses import multi_label_nce
+from imprag.train.retrieval_cache import (
+    CachedData,
+    RetrievalHead,
+    build_cache,
+    calibrated_scores,
+    check_cacheable,
+    pooled_inputs,
+    train_cached,
+)
+
+PROMPTS = ["Q: who wrote the book? A:", "Is this statement true? 0 1 2 A:", "free text the river"]
+PASSAGES = [
+    "Paris is a city on the Seine.",
+    "Berlin is the capital of Germany.",
+    "The author wrote the book.",
+    "0 1 2 3 4",
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+def make(arch, tok, **cfg) -> ImpRAG:
+    base = dict(b=2, t=4, k=3, l_max=12, pooling="mean", similarity="dot", calibration="none")
+    base.update(cfg)
+    return ImpRAG(tiny_model(arch, tok), tok, ImpRAGConfig(**base))
+
+
+def hooked_token_states(m: ImpRAG, texts: list[str], proj: str) -> list[torch.Tensor]:
+    """Per text: layer b's q_proj/k_proj output for every token (T, out) from a plain HF forward."""
+    captured = []
+    attn = m.layers[m.config.b].self_attn
+    handle = getattr(attn, proj).register_forward_hook(lambda mod, i, o: captured.append(o[0].detach()))
+    try:
+        with torch.no_grad():
+            for text in texts:
+                m.lm(input_ids=torch.tensor(m._tokenize([text])))
+    finally:
+        handle.remove()
+    return captured
+
+
+def reference_mean(m: ImpRAG, texts: list[str], kind: str) -> torch.Tensor:
+    """Mean over tokens 1..T-1 (the first dropped) of the per-token state, queries group-averaged."""
+    attn = m.layers[m.config.b].self_attn
+    out = []
+    for states in hooked_token_states(m, texts, "q_proj" if kind == "q" else "k_proj"):
+        heads = m.num_heads if kind == "q" else m.num_kv_heads
+        s = states.view(states.shape[0], heads, m.head_dim)
+        norm = getattr(attn, "q_norm" if kind == "q" else "k_norm", None)
+        if norm is not None:
+            s = norm(s)
+        if kind == "q":
+            g = m.num_heads // m.num_kv_heads
+            s = torch.stack(
+                [s[:, [j for j in range(heads) if j // g == kv]].mean(1) for kv in range(m.num_kv_heads)], 1
+            )
+        s = s.reshape(s.shape[0], -1)
+        out.append(s[1:].mean(0) if s.shape[0] > 1 else s[0])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_mean_pooled_vectors_equal_hooked_projections(arch, side, tok):
+    m = make(arch, tok)
+    ids, mask = m.encode_prompts(PROMPTS, side=side)
+    with torch.no_grad():
+        assert_close(m.query_vectors(ids, mask), reference_mean(m, PROMPTS, "q"), rtol=1e-5, atol=1e-6)
+    assert_close(m.embed_queries(PROMPTS), reference_mean(m, PROMPTS, "q"), rtol=1e-5, atol=1e-6)
+    assert_close(
+        m.embed_passages(PASSAGES, batch_size=3), reference_mean(m, PASSAGES, "k"), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_training_forward_pools_the_prompt_tokens_only(tok):
+    """forward(query_index=...) over prompt + response pools the prompt's tokens, as embed_queries does."""
+    m = make("llama", tok, calibration="template", similarity="cosine")
+    m.calibrate(PASSAGES)
+    prompt, response = PROMPTS[0], " the author"
+    p_ids = m._tokenize([prompt])[0]
+    r_ids = m.tokenizer(response, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p_ids + r_ids])
+    out = m.forward(ids, torch.ones_like(ids), query_index=torch.tensor([len(p_ids) - 1]), query_keys=["qa"])
+    assert_close(out.query_vectors, m.embed_queries([prompt]), rtol=1e-5, atol=1e-5)
+
+
+def test_cosine_and_calibration_are_the_final_search_vectors(tok):
+    m = make("llama", tok, similarity="cosine", temperature=0.1, calibration="template")
+    with pytest.raises(UserError, match="imprag calibrate"):
+        m.embed_queries(PROMPTS)
+    cal = m.calibrate(PASSAGES, seed=1)
+    raw_q = reference_mean(m, PROMPTS, "q")
+    raw_p = reference_mean(m, PASSAGES, "k")
+    # the means: passages over the sample, each format over its prompts
+    assert_close(cal.passage, raw_p.mean(0), rtol=1e-5, atol=1e-6)
+    fever = calibration_prompts(PASSAGES, seed=1)["fever"]
+    assert_close(cal.query["fever"], reference_mean(m, fever, "q").mean(0), rtol=1e-4, atol=1e-5)
+    keys = [template_key(p) for p in PROMPTS]
+    assert keys == ["qa", "fever", FREE]
+    q = torch.stack([raw_q[i] - cal.query[k] for i, k in enumerate(keys)])
+    q = q / q.norm(dim=-1, keepdim=True) / 0.1
+    p = raw_p - cal.passage
+    p = p / p.norm(dim=-1, keepdim=True)
+    Q, P = m.embed_queries(PROMPTS), m.embed_passages(PASSAGES)
+    assert_close(Q, q, rtol=1e-4, atol=1e-4)
+    assert_close(P, p, rtol=1e-4, atol=1e-5)
+    # FAISS inner product == the model's score
+    from imprag.index.faiss_build import import_faiss
+
+    faiss = import_faiss()
+    fi = faiss.IndexFlatIP(P.shape[1])
+    fi.add(P.numpy())
+    scores, rows = fi.search(Q.numpy(), len(PASSAGES))
+    expected = (q @ p.T).sort(dim=-1, descending=True)
+    assert_close(torch.from_numpy(scores), expected.values, rtol=1e-4, atol=1e-4)
+    # "mean" calibration uses the free-form mean for every prompt
+    m.config.calibration = "mean"
+    q_mean = raw_q - cal.query[FREE]
+    assert_close(
+        m.embed_queries(PROMPTS), q_mean / q_mean.norm(dim=-1, keepdim=True) / 0.1, rtol=1e-4, atol=1e-4
+    )
+
+
+def test_template_keys_of_every_task_format():
+    from imprag.data.tasks import TASKS, apply_template
+
+    raw = {
+        "qa": "who wrote it?",
+        "slot": "Paris [SEP] country",
+        "fever": "Paris is in France.",
+        "aida": "He met [START_ENT] Paris [END_ENT] there.",
+    }
+    for name in ("nq", "hotpotqa", "trex", "zsre", "fever", "aida"):
+        spec = TASKS[name]
+        assert template_key(apply_template(spec, raw[spec.kind])) == spec.kind
+    assert template_key("Where was Elvara Montis born?") == FREE
+    assert template_key("some context Q: who? A:") == "rc"  # the more specific template wins
+    assert template_key("Q: who? A:") == "qa"
+
+
+def test_calibration_is_saved_loaded_and_fingerprinted(tmp_path, tok):
+    m = make("llama", tok, similarity="cosine", calibration="template")
+    m.calibrate(PASSAGES)
+    fp = m.fingerprint()
+    m.save_pretrained(tmp_path / "ckpt")
+    loaded = ImpRAG.from_pretrained(tmp_path / "ckpt")
+    assert loaded.fingerprint() == fp
+    assert_close(loaded.embed_queries(PROMPTS), m.embed_queries(PROMPTS))
+    loaded.calibration = Calibration(loaded.calibration.passage + 1, loaded.calibration.query)
+    assert loaded.fingerprint() != fp  # another passage mean: other index vectors
+    # the paper's setting keeps the fingerprint it always had (header + bottom weights, nothing more)
+    import hashlib
+
+    paper = make("llama", tok, **PAPER_RETRIEVAL)
+    h = hashlib.sha256(b"llama|b=2|state=pre_rope|l_max=12")
+    for module in paper.retrieval_modules(query=False):
+        for name, tensor in module.state_dict().items():
+            h.update(name.encode())
+            h.update(tensor.float().contiguous().numpy().tobytes())
+    assert paper.fingerprint() == h.hexdigest()[:16]
+
+
+def test_legacy_imprag_json_means_the_papers_retrieval_state(tmp_path):
+    (tmp_path / "imprag.json").write_text(
+        json.dumps({"b": 1, "t": 2, "k": 2, "l_max": 8, "state": "pre_rope", "reader": "concat"})
+    )
+    cfg = ImpRAGConfig.load(tmp_path)
+    assert (cfg.pooling, cfg.similarity, cfg.calibration) == ("last", "dot", "none")
+    with pytest.raises(UserError, match="--pooling"):
+        ImpRAGConfig(b=1, t=2, pooling="max").validate(4)
+
+
+# ---------------------------------------------------------------- the cached warmup
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_cached_states_equal_the_models_states(arch, pooling, tok):
+    m = make(arch, tok, pooling=pooling)
+    check_cacheable(m)
+    head = RetrievalHead(m)
+    ids, mask = m.encode_prompts(PROMPTS, side="left", with_passages=True)
+    with torch.no_grad():
+        assert_close(
+            head.states(pooled_inputs(m, ids, mask, "q"), "q"),
+            m.query_states(ids, mask),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+    u = build_cache(m, PASSAGES, "k", batch_size=2)
+    with torch.no_grad():
+        assert_close(head.states(u, "k"), m._embed_passage_states(PASSAGES), rtol=1e-5, atol=1e-5)
+
+
+def test_cacheable_refuses_nonlinear_heads(tok):
+    with pytest.raises(UserError, match="cached retrieval warmup"):
+        check_cacheable(make("qwen3", tok))  # per-head q/k norm
+    with pytest.raises(UserError, match="pre_rope"):
+        check_cacheable(make("llama", tok, state="post_rope"))
+
+
+def test_global_negative_loss_equals_hand_computed_values():
+    # 2 queries, 3 passages; query 0's positives {0, 2}, query 1's {1}: every other passage is a negative
+    s = torch.tensor([[2.0, 1.0, 0.5], [0.0, 3.0, -1.0]])
+    pos = torch.tensor([[True, False, True], [False, True, False]])
+    total, n = multi_label_nce(s, pos, ~pos)
+    e = torch.exp
+    expected = (
+        -torch.log(e(s[0, 0]) / (e(s[0, 0]) + e(s[0, 1])))
+        - torch.log(e(s[0, 2]) / (e(s[0, 2]) + e(s[0, 1])))
+        - torch.log(e(s[1, 1]) / (e(s[1, 1]) + e(s[1, 0]) + e(s[1, 2])))
+    )
+    assert int(n) == 3
+    assert_close(total, expected)
+
+
+def test_cached_training_equals_uncached_training(tok):
+    """One cached step == the same loss through the full model (query_vectors / passage_vectors over all
+    passages, exact calibration means), same gradients, same updated weights."""
+    prompts = ["Q: who wrote the book? A:", "Q: where is Paris? A:", "Q: what is 0 1? A:"]
+    positives = [[2], [0], [3]]
+    cfg = dict(similarity="cosine", temperature=0.2, calibration="template")
+    a = make("llama", tok, **cfg)
+    b = make("llama", tok, **cfg)
+    b.lm.load_state_dict(a.lm.state_dict())
+    data = CachedData(
+        build_cache(a, prompts, "q"),
+        [template_key(p) for p in prompts],
+        positives,
+        build_cache(a, PASSAGES, "k"),
+    )
+    train_cached(a, data, steps=1, batch_size=3, lr=1e-2, progress=False)
+    # uncached: the same loss with autograd through the model's own vector paths
+    head = RetrievalHead(b)
+    params = head.parameters()
+    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
+    ids, mask = b.encode_prompts(prompts, side="left", with_passages=True)
+    q_raw = b.query_states(ids, mask)
+    pid, pmask = b._pad([b._tokenize([t])[0] for t in PASSAGES], "right")
+    p_raw = b.passage_states(pid, pmask)
+    b.calibration = Calibration(p_raw.mean(0), {"qa": q_raw.mean(0), FREE: q_raw.mean(0)})
+    b.calibration.passage = p_raw.mean(0)  # with autograd, as the cached step computes it
+    q = b.finish_vectors(q_raw, "q", ["qa"] * 3)
+    p = b.finish_vectors(p_raw, "k")
+    pos = torch.zeros(3, len(PASSAGES), dtype=torch.bool)
+    for i, r in enumerate(positives):
+        pos[i, r] = True
+    total, n = multi_label_nce(q @ p.T, pos, ~pos)
+    opt.zero_grad()
+    (total / n).backward()
+    opt.step()
+    for pa, pb in zip(RetrievalHead(a).parameters(), params):
+        assert_close(pa, pb, rtol=1e-4, atol=1e-6)
+    # and the stored calibration is the exact mean under the new weights
+    with torch.no_grad():
+        _, cal = calibrated_scores(RetrievalHead(a), data, torch.arange(3), 1.0)
+    assert_close(a.calibration.passage, cal.passage)
+
+
+def test_cached_warmup_learns_to_retrieve(tok):
+    """A toy corpus whose prompts name their passage: the cached warmup's recall@1 rises well above chance."""
+    names = [f"alpha{i} beta{i}" for i in range(12)]
+    passages = [f"{n} is a place with a river." for n in names]
+    prompts = [f"Q: where is {n}? A:" for n in names]
+    m = make("llama", tok, similarity="cosine", calibration="template")
+    data = CachedData(
+        build_cache(m, prompts, "q"), ["qa"] * 12, [[i] for i in range(12)], build_cache(m, passages, "k")
+    )
+
+    def recall() -> float:
+        head = RetrievalHead(m)
+        with torch.no_grad():
+            s, _ = calibrated_scores(head, data, torch.arange(12), 1.0)
+        return float((s.argmax(-1) == torch.arange(12)).float().mean())
+
+    before = recall()
+    losses = train_cached(m, data, steps=150, batch_size=12, lr=3e-2, progress=False)
+    assert losses[-1] < losses[0] * 0.5
+    assert recall() >= max(0.75, before + 0.3)
