@@ -56,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="answer-recall matching (default: word boundaries)",
     )
     parser.add_argument(
+        "--query-calibration",
+        choices=("prompts", "stored"),
+        default="prompts",
+        help="imprag: each prompt format's query mean from the evaluated prompts themselves (label-free, "
+        "default) or the model's stored means",
+    )
+    parser.add_argument(
         "--cache-dir",
         type=Path,
         default=None,
@@ -108,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         match=args.match,
+        query_calibration=args.query_calibration,
         on_error=args.on_error,
         cache_dir=args.cache_dir,
         allow_fingerprint_mismatch=args.allow_fingerprint_mismatch,

@@ -202,8 +202,20 @@ class ImpRAGMethod:
     name = "imprag"
     uses_passages = True
 
-    def __init__(self, model: Any, index: Any, k: int):
+    def __init__(self, model: Any, index: Any, k: int, query_calibration: str = "prompts"):
         self.model, self.index, self.k = model, index, k
+        self.query_calibration = query_calibration
+        cal = getattr(model, "calibration", None)
+        self._stored = None if cal is None else dict(cal.query)  # the means the model came with
+
+    def prepare(self, examples: list[Example]) -> None:
+        """Before a task's batches: with query_calibration "prompts", each prompt format's query mean is
+        taken from the task's own prompts (label-free); "stored" keeps the model's means."""
+        if self._stored is None:
+            return
+        self.model.calibration.query = dict(self._stored)
+        if self.query_calibration == "prompts":
+            self.model.calibrate_queries([e.prompt for e in examples])
 
     def run(self, examples: list[Example], spec: TaskSpec, max_new_tokens: int) -> list[MethodOutput]:
         from imprag.rag import answer_stream
@@ -286,6 +298,7 @@ def make_method(
     passages: str | Path | None = None,
     cache_dir: str | Path | None = None,
     on_error: str = "fail",
+    query_calibration: str = "prompts",
 ) -> Method:
     """Build a method by name; `index` is needed by imprag, `passages` by rag-* and oracle."""
     if name not in METHODS:
@@ -297,7 +310,7 @@ def make_method(
             raise UserError(
                 "--method imprag needs --index (an index built by this model with `imprag index`)"
             )
-        return ImpRAGMethod(model, index, k)
+        return ImpRAGMethod(model, index, k, query_calibration)
     if passages is None:
         raise UserError(
             f"--method {name} needs --passages (the passages JSONL), or an --index whose metadata names it"

@@ -70,6 +70,7 @@ class EvalConfig:
     batch_size: int = 8
     max_new_tokens: int = 32
     match: str = "word"
+    query_calibration: str = "prompts"  # imprag: each format's query mean from the task's prompts, or "stored"
     on_error: str = "fail"
     cache_dir: Path | None = None  # retriever cache (BM25 / dense embeddings)
     allow_fingerprint_mismatch: bool = False
@@ -94,6 +95,8 @@ class EvalConfig:
             raise UserError(f"-k must be >= 1, got {self.k}")
         if self.limit is not None and self.limit < 1:
             raise UserError(f"--limit must be >= 1, got {self.limit}")
+        if self.query_calibration not in ("prompts", "stored"):
+            raise UserError(f"--query-calibration must be prompts or stored, got {self.query_calibration!r}")
         if self.match not in MATCH_MODES:
             raise UserError(f"--match must be one of {', '.join(MATCH_MODES)}, got {self.match!r}")
         if self.tasks is not None and len(self.tasks) not in (1, len(self.data)):
@@ -187,6 +190,7 @@ def run_settings(cfg: EvalConfig, model: Any, k: int, index: Any, passages: Path
         "k": k,
         "max_new_tokens": cfg.max_new_tokens,
         "decoding": DECODING,
+        "query_calibration": cfg.query_calibration if cfg.method == "imprag" else None,
         "index": None
         if index is None
         else {"dir": str(Path(index.dir).resolve()), "fingerprint": index.fingerprint, "count": len(index)},
@@ -242,6 +246,9 @@ def run_task(
     rows: list[dict[str, Any]] = []
     reused = 0
     n = len(task.examples)
+    prepare = getattr(method, "prepare", None)
+    if prepare is not None:
+        prepare(task.examples)
     with tqdm(total=n, desc=f"{method.name} {task.name}", unit="ex", disable=not show_progress) as bar:
         for b, start in enumerate(range(0, n, batch_size)):
             batch = task.examples[start : start + batch_size]
@@ -301,7 +308,14 @@ def run_eval(cfg: EvalConfig, model: Any = None) -> dict[str, Any]:
     settings = run_settings(cfg, model, k, index, passages)
     _check_run_file(cfg.out, settings)
     method = make_method(
-        cfg.method, model, k, index=index, passages=passages, cache_dir=cfg.cache_dir, on_error=cfg.on_error
+        cfg.method,
+        model,
+        k,
+        index=index,
+        passages=passages,
+        cache_dir=cfg.cache_dir,
+        on_error=cfg.on_error,
+        query_calibration=cfg.query_calibration,
     )
     if not (cfg.out / RUN_FILE).exists():
         atomic_write_json(cfg.out / RUN_FILE, {"settings": settings})

@@ -58,16 +58,19 @@ def template_key(prompt: str) -> str:
 
 
 def calibration_prompts(passages: list[str], per_template: int = 128, seed: int = 0) -> dict[str, list[str]]:
-    """Prompts of every known format, their slots filled with text drawn from the passages (no labels).
+    """Prompts of every known format, their slots filled from the passages (no labels needed).
 
-    A slot named like a short field (question, entity, relation, statement) gets a few words of a passage;
-    a context slot gets a longer span. FREE gets bare spans. The means of these prompts' states stand for
-    each format's shared component.
+    Passages read "Title: text": an entity slot gets a title, a relation slot a few words, a statement or
+    question a title with a few words around it, a context a span of text with a title marked [START] ...
+    [END] in it (what entity linking marks). FREE gets a title with a few words. Each format's mean over
+    these prompts stands for the component that all its prompts share.
     """
     if not passages:
         raise UserError("calibration needs at least one passage (pass --passages with some text)")
     rng = random.Random(seed)
-    words = [p.split() for p in passages if p.split()]
+    split = [p.split(": ", 1) if ": " in p[:120] else ["", p] for p in passages]
+    titles = [t for t, _ in split if t.strip()] or [" ".join(p.split()[:3]) for p in passages]
+    words = [b.split() for _, b in split if b.split()] or [p.split() for p in passages if p.split()]
 
     def span(lo: int, hi: int) -> str:
         w = rng.choice(words)
@@ -75,12 +78,30 @@ def calibration_prompts(passages: list[str], per_template: int = 128, seed: int 
         start = rng.randint(0, len(w) - n)
         return " ".join(w[start : start + n])
 
-    out: dict[str, list[str]] = {FREE: [span(4, 16) for _ in range(per_template)]}
+    def mention(lo: int, hi: int) -> str:
+        w = span(lo, hi).split()
+        at = rng.randint(0, len(w))
+        return " ".join(w[:at] + [f"[START] {rng.choice(titles)} [END]"] + w[at:])
+
+    fill = {
+        "entity": lambda: rng.choice(titles),
+        "relation": lambda: span(1, 3),
+        "question": lambda: f"{span(2, 6)} {rng.choice(titles)}?",
+        "statement": lambda: f"{rng.choice(titles)} {span(3, 8)}.",
+    }
+    out: dict[str, list[str]] = {FREE: [f"{span(2, 6)} {rng.choice(titles)}" for _ in range(per_template)]}
     for key, template, _ in template_matchers():
         names = re.findall(r"\{([a-z_]+)\}", template)
         rows = []
         for _ in range(per_template):
-            values = {n: span(30, 80) if n in ("context", "text") else span(2, 12) for n in names}
+            values = {}
+            for n in names:
+                if n in fill:
+                    values[n] = fill[n]()
+                elif "[START]" in template:
+                    values[n] = mention(20, 60)
+                else:
+                    values[n] = span(30, 80)
             rows.append(template.format(**values))
         out[key] = rows
     return out

@@ -539,6 +539,29 @@ class ImpRAG:
         return torch.cat(out) if out else torch.zeros(0, self.dim)
 
     @torch.no_grad()
+    def calibrate_queries(self, prompts: list[str], min_prompts: int = 16, batch_size: int = 32) -> list[str]:
+        """Re-estimate the query mean of each prompt format from these prompts themselves (label-free; e.g.
+        an evaluation set): formats with at least `min_prompts` prompts get the mean of their states.
+        Returns the formats it set. Query vectors only: passage vectors and the index stay valid."""
+        if self.config.calibration != "template" or not prompts:
+            return []
+        cal = self._calibration()
+        groups: dict[str, list[str]] = {}
+        for p in prompts:
+            groups.setdefault(template_key(p), []).append(p)
+        done = []
+        for key, rows in groups.items():
+            if len(rows) < min_prompts:
+                continue
+            states = []
+            for s in range(0, len(rows), batch_size):
+                ids, mask = self.encode_prompts(rows[s : s + batch_size], side="left", with_passages=True)
+                states.append(self.query_states(ids, mask).float().cpu())
+            cal.query[key] = torch.cat(states).mean(0)
+            done.append(key)
+        return done
+
+    @torch.no_grad()
     def calibrate(
         self,
         passages: list[str],

@@ -153,25 +153,24 @@ def _key(k: str, mode: str) -> str:
     return k if mode == "template" else FREE
 
 
-def calibration_means(head: RetrievalHead, data: CachedData, p_raw: torch.Tensor, q_raw: torch.Tensor):
-    """Exact means over the cache: the passage mean, and per format the mean of its training prompts
-    (formats without training prompts: of their calibration-only prompts)."""
-    mode = head.model.config.calibration
-    rows: dict[str, list[int]] = {}
-    for i, k in enumerate(data.keys):
-        rows.setdefault(_key(k, mode), []).append(i)
-    means = {k: q_raw[idx].mean(0) for k, idx in rows.items()}
+def _group_means(u: torch.Tensor, keys: list[str]) -> dict[str, torch.Tensor]:
+    names = sorted(set(keys))
+    idx = torch.tensor([names.index(k) for k in keys])
+    sums = torch.zeros(len(names), u.shape[1]).index_add_(0, idx, u)
+    counts = torch.bincount(idx, minlength=len(names)).clamp(min=1)[:, None]
+    return dict(zip(names, sums / counts))
+
+
+def _input_means(data: CachedData, mode: str) -> dict[str, torch.Tensor]:
+    """Per calibration key, the mean pooled input (H,) of its prompts: training prompts, else (formats with
+    none) calibration-only prompts; FREE defaults to every training prompt. A state is linear in u, so the
+    state of a mean input is the mean state."""
+    means = _group_means(data.prompt_u, [_key(k, mode) for k in data.keys])
     if data.extra_u is not None and mode == "template":
-        extra: dict[str, list[int]] = {}
-        for i, k in enumerate(data.extra_keys):
-            if k not in means:
-                extra.setdefault(k, []).append(i)
-        if extra:
-            e_raw = head.states(data.extra_u, "q")
-            means.update({k: e_raw[idx].mean(0) for k, idx in extra.items()})
-    if FREE not in means:  # free-form prompts: the mean of every training prompt
-        means[FREE] = q_raw.mean(0)
-    return Calibration(p_raw.mean(0), means)
+        extra = _group_means(data.extra_u, data.extra_keys)
+        means.update({k: v for k, v in extra.items() if k not in means})
+    means.setdefault(FREE, data.prompt_u.mean(0))
+    return means
 
 
 def calibrated_scores(head: RetrievalHead, data: CachedData, rows: torch.Tensor, tau: float):
@@ -179,11 +178,13 @@ def calibrated_scores(head: RetrievalHead, data: CachedData, rows: torch.Tensor,
     the whole cache, and the Calibration those means make."""
     cfg = head.model.config
     p = head.states(data.passage_u, "k")  # (N, D)
-    q_all = head.states(data.prompt_u, "q")  # (Q, D): every prompt, for its format's mean
-    q = q_all[rows]
+    q = head.states(data.prompt_u[rows], "q")  # (B, D)
     cal = None
     if cfg.calibration != "none":
-        cal = calibration_means(head, data, p, q_all)
+        u_means = _input_means(data, cfg.calibration)
+        names = list(u_means)
+        q_means = head.states(torch.stack([u_means[k] for k in names]), "q")  # (K, D)
+        cal = Calibration(p.mean(0), dict(zip(names, q_means)))
         p = p - cal.passage
         q = q - torch.stack([cal.query[_key(data.keys[i], cfg.calibration)] for i in rows.tolist()])
     if cfg.similarity == "cosine":
