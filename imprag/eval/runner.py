@@ -31,7 +31,7 @@ from imprag.data.kilt import load_examples, write_predictions
 from imprag.data.tasks import TASKS, TaskSpec, get_task, task_for_file
 from imprag.errors import UserError
 from imprag.eval.methods import METHODS, Method, MethodOutput, make_method
-from imprag.eval.metrics import MATCH_MODES, aggregate, score_example
+from imprag.eval.metrics import MATCH_MODES, NORMALIZATIONS, aggregate, score_example
 from imprag.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,16 @@ DECODING = (
 )
 MATCH_NOTE = {
     "word": "answer recall: a normalised gold answer occurs on word boundaries inside a passage's "
-    "normalised `title: text` (KILT normalisation; `imprag.eval.metrics.has_answer`, match=word)",
+    "normalised `title: text` (KILT normalisation plus folded accents and Unicode punctuation; "
+    "`imprag.eval.metrics.has_answer`, match=word)",
     "substring": "answer recall: a normalised gold answer occurs anywhere inside a passage's normalised "
-    "`title: text` (match=substring; over-counts short answers)",
+    "`title: text` (accents and Unicode punctuation folded; match=substring; over-counts short answers)",
+}
+NORMALIZATION_NOTE = {
+    "kilt": "EM/F1: official KILT/SQuAD normalisation (lowercase, delete ASCII punctuation, drop a/an/the, "
+    "collapse whitespace)",
+    "unicode": "EM/F1: KILT normalisation with accents and Unicode punctuation folded (--normalize unicode; "
+    "not comparable with published numbers)",
 }
 
 
@@ -70,6 +77,7 @@ class EvalConfig:
     batch_size: int = 8
     max_new_tokens: int = 32
     match: str = "word"
+    normalization: str = "kilt"  # EM/F1: "kilt" (official) or "unicode"
     on_error: str = "fail"
     cache_dir: Path | None = None  # retriever cache (BM25 / dense embeddings)
     allow_fingerprint_mismatch: bool = False
@@ -96,6 +104,10 @@ class EvalConfig:
             raise UserError(f"--limit must be >= 1, got {self.limit}")
         if self.match not in MATCH_MODES:
             raise UserError(f"--match must be one of {', '.join(MATCH_MODES)}, got {self.match!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise UserError(
+                f"--normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}"
+            )
         if self.tasks is not None and len(self.tasks) not in (1, len(self.data)):
             raise UserError(
                 f"--task: give one task for all files or one per file ({len(self.data)} files, {len(self.tasks)} tasks)"
@@ -258,13 +270,20 @@ def run_task(
 
 
 def score_rows(
-    task: TaskRun, rows: list[dict[str, Any]], ks: list[int], match: str, uses_passages: bool
+    task: TaskRun,
+    rows: list[dict[str, Any]],
+    ks: list[int],
+    match: str,
+    uses_passages: bool,
+    normalization: str = "kilt",
 ) -> dict[str, float]:
     records = []
     for ex, row in zip(task.examples, rows):
         retrieved = row["passages"] if uses_passages else None
         records.append(
-            score_example(task.spec.kind, row["answer"], ex.answers, retrieved, ex.provenance, ks, match)
+            score_example(
+                task.spec.kind, row["answer"], ex.answers, retrieved, ex.provenance, ks, match, normalization
+            )
         )
     return aggregate(records)
 
@@ -323,7 +342,7 @@ def run_eval(cfg: EvalConfig, model: Any = None) -> dict[str, Any]:
             ),
             task=task.spec,
         )
-        metrics = score_rows(task, rows, ks, cfg.match, method.uses_passages)
+        metrics = score_rows(task, rows, ks, cfg.match, method.uses_passages, cfg.normalization)
         results[task.name] = {
             "task": task.spec.name,
             "group": task.spec.group,
@@ -346,6 +365,7 @@ def run_eval(cfg: EvalConfig, model: Any = None) -> dict[str, Any]:
         "max_new_tokens": cfg.max_new_tokens,
         "decoding": DECODING,
         "match": cfg.match,
+        "normalization": cfg.normalization,
         "model_config": settings["model_config"],
         "seconds": round(time.time() - t0, 2),
         "tasks": results,
@@ -395,7 +415,7 @@ def format_run_table(doc: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "EM: KILT exact match after normalisation (lowercase, no punctuation/articles); FEVER: label accuracy.",
+        f"{NORMALIZATION_NOTE[doc.get('normalization', 'kilt')]}; FEVER: label accuracy.",
         f"{MATCH_NOTE[doc['match']]}. AIDA: the gold page title equals a passage title; FEVER: a passage's "
         "title is a gold provenance page.",
         "R-prec / prov R@k: KILT R-precision and recall@k of the passages used against gold provenance "
