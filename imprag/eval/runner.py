@@ -33,6 +33,7 @@ from imprag.errors import UserError
 from imprag.eval.methods import METHODS, Method, MethodOutput, make_method
 from imprag.eval.metrics import MATCH_MODES, NORMALIZATIONS, aggregate, score_example
 from imprag.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json
+from imprag.model.window import context_window, prompt_budget
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +299,12 @@ def run_eval(cfg: EvalConfig, model: Any = None) -> dict[str, Any]:
 
         model = ImpRAG.from_pretrained(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
     k = cfg.k or model.config.k
-    if cfg.method in ("imprag", "oracle") and k > model.config.k:
+    mc = model.config  # the answer budget must fit beside the prompt (and the passage offset)
+    reads = cfg.method in ("imprag", "oracle")
+    prompt_budget(
+        mc.k, mc.l_max, context_window(model.lm.config), cfg.max_new_tokens, reads, "--max-new-tokens"
+    )
+    if reads and k > model.config.k:
         raise UserError(
             f"-k {k}: the model reads at most k={model.config.k} passages through its middle layers "
             f"(its prompt positions start at k*l_max); pass -k {model.config.k} or less"
