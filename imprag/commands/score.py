@@ -123,7 +123,7 @@ def score_files(
             f"--task: cannot tell the task from the file name {gold}; pass --task (one of {', '.join(TASKS)})"
         )
     spec = get_task(name)
-    examples = load_examples(gold, spec, on_error=on_error, require_answers=True)
+    examples = load_examples(gold, spec, on_error=on_error, require_answers=True, unique_ids=True)
     if not examples:
         raise UserError(f"{gold}: no gold examples in the file")
     by_id: dict[str, Example] = {}
