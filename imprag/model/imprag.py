@@ -84,6 +84,7 @@ class ImpRAG:
         self.spec: ArchSpec = spec_for(lm.config.model_type)
         self.layers = get(lm, self.spec.layers)
         self.config = config.validate(len(self.layers))
+        check_model_window(self)  # k * l_max plus a usable prompt must fit the window
         self.gradient_checkpointing = False
         self._apply_rotary = rotary_fn(lm)
         c = lm.config
@@ -91,7 +92,6 @@ class ImpRAG:
         self.num_kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
         self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         self._warned: set[str] = set()
-        check_model_window(self)  # k * l_max plus a usable prompt must fit the window
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
