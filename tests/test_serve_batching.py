@@ -236,7 +236,7 @@ def test_a_cancelled_row_frees_its_place_while_the_batch_still_decodes(mi):
         engine.submit([left, kept])
         events = kept_c.events()
         assert isinstance(events[-1], Finished) and events[-1].result.completion_tokens > 3
-        assert seen_active[0] == 2 and 1 in seen_active  # freed while `kept` was still decoding
+        assert left.cancelled and 1 in seen_active  # freed while `kept` was still decoding (else 2)
         assert engine.stats.batches == 1 and engine.active == 0
         engine.submit([make_job(PROMPTS[2], 1, Sampling(2))[0]])  # the place is usable again
     finally:
