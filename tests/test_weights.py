@@ -131,5 +131,8 @@ def test_intact_folders_still_load(tmp_path, arch, tied):
 
 
 def test_intact_sharded_folder_loads_the_same_weights(tiny_model_dir, sharded):
-    a, b = ImpRAG.from_pretrained(tiny_model_dir), ImpRAG.from_pretrained(sharded)
-    assert a.fingerprint() == b.fingerprint()
+    a, b = (
+        ImpRAG.from_pretrained(tiny_model_dir).lm.state_dict(),
+        ImpRAG.from_pretrained(sharded).lm.state_dict(),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
