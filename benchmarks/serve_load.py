@@ -14,6 +14,15 @@ first --passages-limit passages of ../shared/data/wiki/passages.jsonl (synthetic
 built once under --work and reused. Prompts are NQ dev questions as "Q: {question} A:" (synthetic if
 absent). Greedy decoding, a fixed max_tokens, so both servers do the same work per request.
 Exit status 1 if any request failed.
+
+    python benchmarks/serve_load.py --overload          # one server, more clients than it holds
+
+--overload: one batching server with a small --max-concurrent (default 8) and --concurrency clients
+(default 64) sending --requests requests in all; every --abandon-every-th request streams and leaves after
+its first chunk. Counts outcomes by HTTP status (200, 429, 503, ...) and client timeouts (a hang), the
+p50/p99 latency of answered and of refused requests, and the server's active requests afterwards (must be
+0: abandoned streams free their places). Exit status 1 on a timeout, a status other than 200/429/503, or
+places left taken.
 """
 
 from __future__ import annotations
@@ -201,6 +210,91 @@ async def load(
     }
 
 
+async def overload(
+    url: str,
+    model_name: str,
+    qs: list[str],
+    n_requests: int,
+    concurrency: int,
+    max_tokens: int,
+    k: int,
+    abandon_every: int,
+    timeout_s: float,
+) -> dict:
+    """Clients that keep sending as soon as they are answered or refused (no retries, no back-off)."""
+    import httpx
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=timeout_s)
+    outcomes: dict[str, int] = {}
+    answered: list[float] = []
+    refused: list[float] = []
+    abandoned = 0
+    next_request = 0
+
+    def count(key: str) -> None:
+        outcomes[key] = outcomes.get(key, 0) + 1
+
+    async def one(i: int) -> None:
+        nonlocal abandoned
+        t = time.perf_counter()
+        args = dict(model=model_name, prompt=qs[i % len(qs)], max_tokens=max_tokens, temperature=0)
+        try:
+            if abandon_every and i % abandon_every == abandon_every - 1:
+                stream = await client.completions.create(**args, stream=True, extra_body={"k": k})
+                async for _ in stream:  # the first chunk, then leave mid-stream
+                    break
+                await stream.close()
+                abandoned += 1
+                count("200 (stream left after the first chunk)")
+                return
+            await client.completions.create(**args, extra_body={"k": k})
+            answered.append(time.perf_counter() - t)
+            count("200")
+        except openai.APIStatusError as e:
+            refused.append(time.perf_counter() - t)
+            count(str(e.status_code))
+        except openai.APITimeoutError:
+            count("timeout")
+        except Exception as e:  # connection errors and the like: counted, not raised
+            count(type(e).__name__)
+
+    async def client_loop() -> None:
+        nonlocal next_request
+        while next_request < n_requests:  # bounded: each pass takes one of the n_requests
+            i = next_request
+            next_request += 1
+            await one(i)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+    wall = time.perf_counter() - start
+    await client.close()
+    health_url = url.removesuffix("/v1") + "/health"
+    active = None
+    for _ in range(100):  # abandoned streams are dropped at the worker's next decode step
+        active = httpx.get(health_url, timeout=30).json().get("active_requests")
+        if active == 0:
+            break
+        await asyncio.sleep(0.1)
+
+    def pct(values: list[float], p: float) -> float:
+        v = sorted(values)
+        return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))] if v else float("nan")
+
+    return {
+        "requests": n_requests,
+        "outcomes": dict(sorted(outcomes.items())),
+        "abandoned_streams": abandoned,
+        "wall_s": wall,
+        "answered_p50_s": pct(answered, 50),
+        "answered_p99_s": pct(answered, 99),
+        "refused_p50_s": pct(refused, 50),
+        "refused_p99_s": pct(refused, 99),
+        "active_after": active,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -228,6 +322,22 @@ def main() -> int:
     )
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each server (default 1)")
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    ap.add_argument("--overload", action="store_true", help="the overload run (see above)")
+    ap.add_argument(
+        "--max-concurrent", type=int, default=8, help="--max-concurrent of the overload server (default 8)"
+    )
+    ap.add_argument(
+        "--abandon-every",
+        type=int,
+        default=4,
+        help="overload: every N-th request leaves its stream (default 4)",
+    )
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="overload: client timeout in s, counted as a hang (default 60)",
+    )
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import logging
@@ -241,6 +351,8 @@ def main() -> int:
     )
     args.work.mkdir(parents=True, exist_ok=True)
     qs = prompts(max(args.requests, args.concurrency))
+    if args.overload:
+        return run_overload(args, model, index, qs)
     results = {}
     for name, batch, wait in (("batched", args.batch_size, args.wait_ms), ("batch size 1", 1, 0.0)):
         with Server(model, index, batch, wait, args.threads, args.work / f"server-b{batch}.log") as server:
@@ -283,6 +395,46 @@ def main() -> int:
 
         atomic_write_json(args.out, {"settings": settings, "results": results, "ratio": ratio})
     return 1 if b["errors"] or s["errors"] else 0
+
+
+def run_overload(args: argparse.Namespace, model: Path, index: Path, qs: list[str]) -> int:
+    server = Server(
+        model, index, args.batch_size, args.wait_ms, args.threads, args.work / "server-overload.log"
+    )
+    server.cmd[server.cmd.index("--max-concurrent") + 1] = str(args.max_concurrent)
+    with server:
+        print(
+            f"[overload] {server.url} (max batch {args.batch_size}, --max-concurrent {args.max_concurrent}): "
+            f"{args.requests} requests, {args.concurrency} clients, every {args.abandon_every}th stream left early",
+            flush=True,
+        )
+        r = asyncio.run(
+            overload(
+                server.url,
+                Path(model).resolve().name,
+                qs,
+                args.requests,
+                args.concurrency,
+                args.max_tokens,
+                args.k,
+                args.abandon_every,
+                args.timeout,
+            )
+        )
+    print("\n| requests | outcomes | answered p50 / p99 (s) | refused p50 / p99 (s) | active after |")
+    print("|---|---|---|---|---|")
+    outcomes = ", ".join(f"{k}: {v}" for k, v in r["outcomes"].items())
+    print(
+        f"| {r['requests']} | {outcomes} | {r['answered_p50_s']:.3f} / {r['answered_p99_s']:.3f} | "
+        f"{r['refused_p50_s']:.3f} / {r['refused_p99_s']:.3f} | {r['active_after']} |"
+    )
+    if args.out:
+        from imprag.io import atomic_write_json
+
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        atomic_write_json(args.out, {"settings": settings, "overload": r})
+    bad = [k for k in r["outcomes"] if not k.startswith(("200", "429", "503"))]
+    return 1 if bad or r["active_after"] != 0 else 0
 
 
 if __name__ == "__main__":

@@ -37,6 +37,16 @@ def _usage() -> str:
     )
 
 
+def _one_line_error(prog: str):
+    """argparse's errors (missing or unknown flags, bad values) as one line instead of usage + error."""
+
+    def error(message: str):
+        print(f"{prog}: error: {message} (`{prog} --help` lists the flags)", file=sys.stderr)
+        raise SystemExit(2)
+
+    return error
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -49,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(f"imprag.commands.{COMMANDS[name][0]}")
     parser = argparse.ArgumentParser(prog=f"imprag {name}", description=COMMANDS[name][1])
+    parser.error = _one_line_error(parser.prog)  # type: ignore[method-assign]
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     try:

@@ -199,6 +199,7 @@ def check_outputs(world: dict, out: Path, method: str) -> tuple[list[dict], dict
     assert all(set(p["output"][0]) == {"answer", "provenance"} for p in preds)
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["method"] == method and doc["k"] == K and doc["ks"] == [1, K] and doc["match"] == "word"
+    assert doc["normalization"] == "kilt"  # EM/F1 by the official rule unless --normalize unicode
     m = doc["tasks"]["nq"]["metrics"]
     assert m["n"] == len(QA)
     ref = score_files(out / "predictions.jsonl", gold, passages=world["passages"], ks=[1, K])["metrics"]
@@ -209,6 +210,7 @@ def check_outputs(world: dict, out: Path, method: str) -> tuple[list[dict], dict
             assert (key in m) == (key in ref) and m.get(key) == pytest.approx(ref.get(key)), key
     table = (out / "table.md").read_text()
     assert f"imprag eval: {method}" in table and "word boundaries" in table and "| nq | 5 |" in table
+    assert "official KILT/SQuAD normalisation" in table
     return preds, doc
 
 

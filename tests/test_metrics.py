@@ -15,13 +15,13 @@ from imprag.eval.metrics import (
     fever_accuracy,
     fever_label,
     has_answer,
-    normalize_answer,
+    normalize_unicode,
     provenance_recall,
     r_precision,
     score_example,
 )
 
-# (prediction, gold answers, expected EM)
+# (prediction, gold answers, expected EM) under normalization="unicode" (the folding variant)
 EM_CASES = [
     ("The Beatles", ["Beatles"], 1.0),  # article dropped
     ("a beatles", ["the Beatles"], 1.0),
@@ -54,15 +54,15 @@ EM_CASES = [
 
 @pytest.mark.parametrize("pred,golds,expected", EM_CASES)
 def test_exact_match_table(pred, golds, expected):
-    assert exact_match(pred, golds) == expected
+    assert exact_match(pred, golds, normalization="unicode") == expected
 
 
 def test_normalize_answer_examples():
-    assert normalize_answer("The  Quick, Brown  Fox!") == "quick brown fox"
-    assert normalize_answer("«Le Monde»") == "le monde"
-    assert normalize_answer("Ünïcödé") == "unicode"
-    assert normalize_answer("") == ""
-    assert normalize_answer("A") == ""
+    assert normalize_unicode("The  Quick, Brown  Fox!") == "quick brown fox"
+    assert normalize_unicode("«Le Monde»") == "le monde"
+    assert normalize_unicode("Ünïcödé") == "unicode"
+    assert normalize_unicode("") == ""
+    assert normalize_unicode("A") == ""
 
 
 # (prediction, golds, expected F1)
@@ -75,15 +75,22 @@ F1_CASES = [
 ]
 
 
+@pytest.mark.parametrize("normalization", ["kilt", "unicode"])
 @pytest.mark.parametrize("pred,golds,expected", F1_CASES)
-def test_f1_table(pred, golds, expected):
-    assert f1_score(pred, golds) == pytest.approx(expected)
+def test_f1_table(pred, golds, expected, normalization):
+    assert f1_score(pred, golds, normalization) == pytest.approx(expected)
 
 
-def test_f1_counts_repeated_tokens():
+@pytest.mark.parametrize("normalization", ["kilt", "unicode"])
+def test_f1_counts_repeated_tokens(normalization):
     # "b" vs "b b": precision 1, recall 1/2 -> 2/3
-    assert f1_score("a a b", ["a b b"]) == pytest.approx(2 / 3)
-    assert f1_score("x x", ["x"]) == pytest.approx(2 * 0.5 * 1 / 1.5)
+    assert f1_score("a a b", ["a b b"], normalization) == pytest.approx(2 / 3)
+    assert f1_score("x x", ["x"], normalization) == pytest.approx(2 * 0.5 * 1 / 1.5)
+
+
+def test_unknown_normalization_is_refused():
+    with pytest.raises(ValueError, match="normalization"):
+        exact_match("x", ["x"], normalization="fold")
 
 
 @pytest.mark.parametrize(

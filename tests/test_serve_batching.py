@@ -207,3 +207,37 @@ def test_cancelled_jobs_are_dropped(mi):
 )
 def test_held_back_tail(text, stops, held):
     assert held_back(text, stops) == held
+
+
+def test_a_cancelled_row_frees_its_place_while_the_batch_still_decodes(mi):
+    """A client that leaves mid-stream gives its place back at the next decode step, not when the other
+    rows of its batch finish."""
+    model, index = mi
+    engine = Engine(model, index, BatchConfig(max_batch_size=2, max_wait_ms=10_000, max_active=2))
+    seen_active: list[int] = []
+    (left, left_c), (kept, kept_c) = (
+        make_job(PROMPTS[0], 1, Sampling(32), stream=True),
+        make_job(PROMPTS[1], 1, Sampling(32), stream=True),
+    )
+
+    def leave_after_first_delta(event) -> None:  # runs on the worker thread, as the HTTP route's cancel
+        left_c.emit(event)
+        if isinstance(event, Delta):
+            left.cancel()
+
+    def watch(event) -> None:
+        kept_c.emit(event)
+        if isinstance(event, Delta):
+            seen_active.append(engine.active)
+
+    left.emit, kept.emit = leave_after_first_delta, watch
+    engine.start()
+    try:
+        engine.submit([left, kept])
+        events = kept_c.events()
+        assert isinstance(events[-1], Finished) and events[-1].result.completion_tokens > 3
+        assert left.cancelled and 1 in seen_active  # freed while `kept` was still decoding (else 2)
+        assert engine.stats.batches == 1 and engine.active == 0
+        engine.submit([make_job(PROMPTS[2], 1, Sampling(2))[0]])  # the place is usable again
+    finally:
+        engine.stop()

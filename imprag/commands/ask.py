@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 from imprag.errors import UserError
+from imprag.model.window import context_window, prompt_budget
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     k = k_model if args.k is None else args.k
     if not 0 <= k <= k_model:
         raise UserError(f"-k {k}: the model reads 0..{k_model} passages; pass -k {k_model} or fewer")
+    window = context_window(model.lm.config)
+    prompt_budget(k_model, model.config.l_max, window, args.max_tokens, k > 0, "--max-tokens")
     index = Index.load(
         args.index, model=model, allow_mismatch=args.allow_fingerprint_mismatch, passages=args.passages
     )

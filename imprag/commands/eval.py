@@ -53,7 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--match",
         choices=MATCH_MODES,
         default="word",
-        help="answer-recall matching (default: word boundaries)",
+        help="answer-recall matching (default: word boundaries; accents and Unicode punctuation folded)",
+    )
+    parser.add_argument(
+        "--normalize",
+        choices=("kilt", "unicode"),
+        default="kilt",
+        help="EM/F1 answer normalisation: kilt = the official KILT/SQuAD rule (default); unicode = also "
+        "fold accents and Unicode punctuation (not comparable with published numbers)",
     )
     parser.add_argument(
         "--query-calibration",
@@ -116,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         match=args.match,
         query_calibration=args.query_calibration,
+        normalization=args.normalize,
         on_error=args.on_error,
         cache_dir=args.cache_dir,
         allow_fingerprint_mismatch=args.allow_fingerprint_mismatch,

@@ -1,6 +1,7 @@
 """`imprag score`: score any KILT-format prediction file against a gold task file.
 
-Answers: EM and token F1 (FEVER: label accuracy). Retrieval, when the predictions carry provenance:
+Answers: EM and token F1 (FEVER: label accuracy), by default with the official KILT/SQuAD normalisation
+(`--normalize unicode`: also fold accents and Unicode punctuation). Retrieval, when the predictions carry provenance:
 R-precision and provenance recall@k against gold provenance (passage_id, else page level), and answer
 recall@k when the passages' text is known (in the provenance, or looked up with --passages).
 """
@@ -18,7 +19,7 @@ from imprag.data.example import Example
 from imprag.data.kilt import load_examples
 from imprag.data.tasks import TASKS, get_task, task_for_file
 from imprag.errors import UserError
-from imprag.eval.metrics import MATCH_MODES, aggregate, score_example
+from imprag.eval.metrics import MATCH_MODES, NORMALIZATIONS, aggregate, score_example
 from imprag.io import atomic_write_json, iter_jsonl
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--match",
         choices=MATCH_MODES,
         default="word",
-        help="answer-recall matching (default word boundaries)",
+        help="answer-recall matching (default word boundaries; accents and Unicode punctuation folded)",
+    )
+    parser.add_argument(
+        "--normalize",
+        choices=NORMALIZATIONS,
+        default="kilt",
+        help="EM/F1 answer normalisation: kilt = the official KILT/SQuAD rule (default); unicode = also "
+        "fold accents and Unicode punctuation (not comparable with published numbers)",
     )
     parser.add_argument(
         "--on-error",
@@ -105,6 +113,7 @@ def score_files(
     ks: list[int] | None = None,
     match: str = "word",
     on_error: str = "fail",
+    normalization: str = "kilt",
 ) -> dict[str, Any]:
     """Score a prediction file against gold -> {"task", "n_gold", "n_predicted", "metrics": {...}}."""
     ks = ks or [1, 5, 10]
@@ -114,7 +123,7 @@ def score_files(
             f"--task: cannot tell the task from the file name {gold}; pass --task (one of {', '.join(TASKS)})"
         )
     spec = get_task(name)
-    examples = load_examples(gold, spec, on_error=on_error, require_answers=True)
+    examples = load_examples(gold, spec, on_error=on_error, require_answers=True, unique_ids=True)
     if not examples:
         raise UserError(f"{gold}: no gold examples in the file")
     by_id: dict[str, Example] = {}
@@ -148,7 +157,9 @@ def score_files(
                 p.setdefault("title", ref.get("title"))
         max_retrieved = max(max_retrieved, len(prov))
         ex = by_id[pid]
-        rec = score_example(spec.kind, answer, ex.answers, prov if prov else None, ex.provenance, ks, match)
+        rec = score_example(
+            spec.kind, answer, ex.answers, prov if prov else None, ex.provenance, ks, match, normalization
+        )
         records.append(rec)
     if not records:
         raise UserError(f"{predictions}: no predictions in the file")
@@ -171,13 +182,16 @@ def score_files(
         "gold": str(gold),
         "n_gold": len(by_id),
         "n_predicted": len(seen),
+        "normalization": normalization,
+        "match": match,
         "metrics": metrics,
     }
 
 
 def format_table(result: Mapping[str, Any]) -> str:
     lines = [
-        f"task {result['task']}: {result['n_predicted']} predictions / {result['n_gold']} gold examples",
+        f"task {result['task']}: {result['n_predicted']} predictions / {result['n_gold']} gold examples "
+        f"(EM/F1 normalisation: {result.get('normalization', 'kilt')})",
         f"{'metric':<24}{'value':>8}",
     ]
     for k, v in result["metrics"].items():
@@ -196,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
         ks=_parse_ks(args.k),
         match=args.match,
         on_error=args.on_error,
+        normalization=args.normalize,
     )
     if args.out:
         atomic_write_json(args.out, result)

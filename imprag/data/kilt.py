@@ -129,19 +129,21 @@ def load_examples(
     *,
     max_context_words: int | None = None,
     max_context_chars: int | None = None,
+    unique_ids: bool = False,
 ) -> list[Example]:
     """Read a KILT or plain JSONL task file into Examples with the task's prompt applied.
 
     on_error="fail" raises UserError naming file:line for a bad line; "skip" logs and skips it.
     require_answers=True refuses examples without gold answers (e.g. KILT test_without_answers files).
     FEVER answers become True/False; entity-linking answers include the gold provenance page titles.
+    A repeated id is logged, or with unique_ids=True refused (UserError naming both lines).
     """
     if on_error not in ON_ERROR:
         raise UserError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
     spec = get_task(task)
     path = Path(path)
     examples: list[Example] = []
-    seen_ids: set[str] = set()
+    seen_ids: dict[str, int] = {}
     no_input = 0
     for lineno, obj in iter_jsonl(path, on_error=on_error):
         if limit is not None and len(examples) >= limit:
@@ -167,8 +169,12 @@ def load_examples(
         if isinstance(raw, str) and not raw.strip():
             no_input += 1
         if rid in seen_ids:
+            if unique_ids:
+                raise UserError(
+                    f"{where}: duplicate gold id {rid!r} (first at line {seen_ids[rid]}); ids must be unique"
+                )
             log.warning("%s: duplicate id %s", where, rid)
-        seen_ids.add(rid)
+        seen_ids.setdefault(rid, lineno)
         text = raw if isinstance(raw, str) else "\n".join(str(raw[f]) for f in spec.fields)
         examples.append(
             Example(

@@ -1,10 +1,15 @@
 """Answer and retrieval metrics (pure Python): KILT/SQuAD exact match and F1, FEVER accuracy, answer
 recall@k, and passage-level R-precision / recall@k against gold provenance.
 
-Normalisation is KILT's (= SQuAD's): lowercase, delete punctuation, drop the articles a/an/the,
-collapse whitespace; made unicode-safe: every Unicode punctuation character (dashes, curly quotes,
-guillemets...) counts as punctuation and accents are folded (NFKD, combining marks removed), so
-"Jose" matches "José". Numbers follow from deletion: "1,000" == "1000".
+EM/F1 use the official KILT (= SQuAD) `normalize_answer` by default, exactly: lowercase, delete the
+ASCII `string.punctuation` characters, drop the articles a/an/the as whole words, collapse whitespace;
+nothing else ("Röntgen" != "Rontgen", "1990–1995" != "1990-1995", "1,000" == "1000"). Numbers that are
+compared with published ones need this rule.
+
+normalization="unicode" is a looser variant (`normalize_unicode`): additionally every Unicode
+punctuation character (dashes, curly quotes, guillemets...) counts as punctuation and accents are
+folded (NFKD, combining marks removed), so "Jose" matches "José". Answer recall and FEVER label
+reading always use this variant (see `has_answer`).
 """
 
 from __future__ import annotations
@@ -41,7 +46,18 @@ def _is_punct(ch: str) -> bool:
     return ch in _ASCII_PUNCT or unicodedata.category(ch).startswith("P")
 
 
-def normalize_answer(s: str, punct: str = "") -> str:
+NORMALIZATIONS = ("kilt", "unicode")
+
+
+def normalize_answer(s: str) -> str:
+    """The official KILT/SQuAD normalisation, unchanged: lower, remove punctuation, articles, extra spaces."""
+    s = (s or "").lower()
+    s = "".join(ch for ch in s if ch not in _ASCII_PUNCT)
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def normalize_unicode(s: str, punct: str = "") -> str:
     """KILT/SQuAD normalisation, unicode-safe (see module docstring). `punct=" "` turns punctuation
     into word breaks instead of deleting it (used by answer recall's word matching)."""
     s = unicodedata.normalize("NFKD", s or "")
@@ -53,15 +69,36 @@ def normalize_answer(s: str, punct: str = "") -> str:
 
 
 def _golds(golds: str | Iterable[str]) -> list[str]:
-    """Normalised, non-empty gold answers (a gold that normalises to nothing cannot be matched)."""
+    """Normalised (unicode rule), non-empty gold answers (a gold that normalises to nothing cannot be
+    matched)."""
     if isinstance(golds, str):
         golds = [golds]
-    return [g for g in (normalize_answer(x) for x in golds) if g]
+    return [g for g in (normalize_unicode(x) for x in golds) if g]
 
 
-def exact_match(prediction: str, golds: str | Iterable[str]) -> float:
-    """1.0 if the normalised prediction equals any normalised gold answer, else 0.0."""
-    p = normalize_answer(prediction)
+def _kilt_golds(golds: str | Iterable[str]) -> list[str]:
+    """KILT's gold answers: every answer that is not empty after strip(), kept as given."""
+    if isinstance(golds, str):
+        golds = [golds]
+    return [g for g in golds if g and g.strip()]
+
+
+def _check_normalization(normalization: str) -> None:
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+
+
+def exact_match(prediction: str, golds: str | Iterable[str], normalization: str = "kilt") -> float:
+    """1.0 if the normalised prediction equals any normalised gold answer, else 0.0.
+
+    "kilt": KILT's max over golds of normalize_answer(pred) == normalize_answer(gold) (so "the" equals
+    "a": both normalise to ""); "unicode": `normalize_unicode`, and an empty normalised answer never
+    matches."""
+    _check_normalization(normalization)
+    if normalization == "kilt":
+        p = normalize_answer(prediction)
+        return max((float(p == normalize_answer(g)) for g in _kilt_golds(golds)), default=0.0)
+    p = normalize_unicode(prediction)
     return float(bool(p) and p in _golds(golds))
 
 
@@ -74,16 +111,20 @@ def _f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def f1_score(prediction: str, golds: str | Iterable[str]) -> float:
-    """Token-level F1 of the normalised prediction, max over gold answers."""
-    p = normalize_answer(prediction).split()
+def f1_score(prediction: str, golds: str | Iterable[str], normalization: str = "kilt") -> float:
+    """Token-level F1 of the normalised prediction, max over gold answers (KILT's `_f1_score`)."""
+    _check_normalization(normalization)
+    if normalization == "kilt":
+        p = normalize_answer(prediction).split()
+        return max((_f1(p, normalize_answer(g).split()) for g in _kilt_golds(golds)), default=0.0)
+    p = normalize_unicode(prediction).split()
     return max((_f1(p, g.split()) for g in _golds(golds)), default=0.0)
 
 
 def fever_label(text: str) -> str | None:
     """ "True" / "SUPPORTS" / "yes, ..." -> "SUPPORTS"; the false side -> "REFUTES"; otherwise None.
     The whole normalised answer, else its first word, must be a label word."""
-    norm = normalize_answer(text)
+    norm = normalize_unicode(text)
     if norm in FEVER_LABELS:
         return FEVER_LABELS[norm]
     first = norm.split(" ", 1)[0]
@@ -102,7 +143,8 @@ MATCH_MODES = ("word", "substring")
 
 
 def has_answer(text: str, golds: str | Iterable[str], match: str = "word") -> bool:
-    """A normalised gold answer occurs in the normalised text.
+    """A normalised gold answer occurs in the normalised text (`normalize_unicode`: accents folded,
+    Unicode punctuation counts).
 
     match="word" (default): on word boundaries, so the answer "no" is not found inside "north"; tried
     with punctuation deleted ("1,000" finds "1000") and with punctuation as a word break
@@ -113,14 +155,14 @@ def has_answer(text: str, golds: str | Iterable[str], match: str = "word") -> bo
     if match not in MATCH_MODES:
         raise ValueError(f"match must be one of {MATCH_MODES}, got {match!r}")
     if match == "substring":
-        t = normalize_answer(text)
+        t = normalize_unicode(text)
         return any(g in t for g in _golds(golds))
     if isinstance(golds, str):
         golds = [golds]
     golds = list(golds)
     for punct in ("", " "):
-        t = f" {normalize_answer(text, punct)} "
-        if any(f" {g} " in t for g in (normalize_answer(x, punct) for x in golds) if g):
+        t = f" {normalize_unicode(text, punct)} "
+        if any(f" {g} " in t for g in (normalize_unicode(x, punct) for x in golds) if g):
             return True
     return False
 
@@ -166,15 +208,15 @@ def answer_recall(
     """
     top = [_as_mapping(p) for p in passages[:k]]
     if kind == "fever":
-        titles = {normalize_answer(t) for t in gold_titles if t}
+        titles = {normalize_unicode(t) for t in gold_titles if t}
         if not titles:
             return None
-        return float(any(normalize_answer(p.get("title") or "") in titles for p in top))
+        return float(any(normalize_unicode(p.get("title") or "") in titles for p in top))
     if kind == "aida":
-        titles = set(_golds(golds)) | {normalize_answer(t) for t in gold_titles if t}
+        titles = set(_golds(golds)) | {normalize_unicode(t) for t in gold_titles if t}
         if not titles:
             return None
-        return float(any(normalize_answer(p.get("title") or "") in titles for p in top))
+        return float(any(normalize_unicode(p.get("title") or "") in titles for p in top))
     gold = _golds(golds)
     if not gold:
         return None
@@ -259,17 +301,19 @@ def score_example(
     gold_provenance: Sequence[Any] | None = None,
     ks: Sequence[int] = (1, 5, 10),
     match: str = "word",
+    normalization: str = "kilt",
 ) -> dict[str, float | None]:
     """Every metric that applies to one example -> {"em", "f1", "answer_recall@k", "r_precision",
-    "provenance_recall@k"}; FEVER's "em" is label accuracy (also reported as "accuracy")."""
+    "provenance_recall@k"}; FEVER's "em" is label accuracy (also reported as "accuracy"). EM/F1 use
+    `normalization` ("kilt": the official rule)."""
     rec: dict[str, float | None] = {}
     if kind == "fever":
         acc = fever_accuracy(prediction, answers)
         rec["em"] = acc
         rec["accuracy"] = acc
     else:
-        rec["em"] = exact_match(prediction, answers)
-        rec["f1"] = f1_score(prediction, answers)
+        rec["em"] = exact_match(prediction, answers, normalization)
+        rec["f1"] = f1_score(prediction, answers, normalization)
     gold_prov = list(gold_provenance or [])
     if retrieved is not None:
         titles = [str(_as_mapping(g).get("title")) for g in gold_prov if _as_mapping(g).get("title")]

@@ -50,6 +50,7 @@ class Row:
     method: str
     cells: dict[str, Cell] = field(default_factory=dict)  # task column -> cell
     sources: list[str] = field(default_factory=list)  # run folders
+    normalization: str = "kilt"  # EM/F1 rule of its runs
 
     @property
     def ks(self) -> list[int]:
@@ -79,19 +80,24 @@ def collect(run_dirs: list[str | Path]) -> list[Row]:
     for d in run_dirs:
         doc = load_run(d)
         method = str(doc["method"])
+        norm = str(doc.get("normalization", "kilt"))  # a run that used --normalize unicode says so
         for name, t in doc["tasks"].items():
             task = str(t.get("task", name))
             m = t.get("metrics", {})
             k = int(doc.get("k", 0))
             cell = Cell(m.get("em"), m.get(f"answer_recall@{k}"), int(t.get("n", m.get("n", 0))), k)
-            row = next((r for r in rows if r.method == method and task not in r.cells), None)
+            row = next(
+                (r for r in rows if r.method == method and r.normalization == norm and task not in r.cells),
+                None,
+            )
             if row is None:
                 taken = {r.label for r in rows}
-                label = method if method not in taken else f"{method} ({Path(d).name})"
+                base = method if norm == "kilt" else f"{method} [{norm} EM]"
+                label = base if base not in taken else f"{base} ({Path(d).name})"
                 n = 2
                 while label in taken:
-                    label, n = f"{method} ({Path(d).name} {n})", n + 1
-                row = Row(label, method)
+                    label, n = f"{base} ({Path(d).name} {n})", n + 1
+                row = Row(label, method, normalization=norm)
                 rows.append(row)
             row.cells[task] = cell
             if str(d) not in row.sources:
@@ -153,8 +159,9 @@ def format_table(rows: list[Row], title: str = "ImpRAG evaluation") -> str:
         f"Examples per cell: {', '.join(map(str, ns))}."
         + (f" Seen formats: {', '.join(seen)}." if seen else "")
         + (f" Unseen formats: {', '.join(unseen)}." if unseen else ""),
-        "EM: KILT exact match after normalisation. Answer recall@k: a normalised gold answer occurs on word "
-        "boundaries inside one of the k passages used (AIDA: the gold page title is a passage title; FEVER: a "
+        "EM: KILT exact match after the official KILT normalisation ([unicode EM]: accents and Unicode "
+        "punctuation also folded). Answer recall@k: a normalised gold answer (accents and Unicode punctuation "
+        "folded) occurs on word boundaries inside one of the k passages used (AIDA: the gold page title is a passage title; FEVER: a "
         "passage is a gold provenance page); oracle rows use the gold passages themselves.",
     ]
     if partial:

@@ -31,8 +31,9 @@ from imprag.data.kilt import load_examples, write_predictions
 from imprag.data.tasks import TASKS, TaskSpec, get_task, task_for_file
 from imprag.errors import UserError
 from imprag.eval.methods import METHODS, Method, MethodOutput, make_method
-from imprag.eval.metrics import MATCH_MODES, aggregate, score_example
+from imprag.eval.metrics import MATCH_MODES, NORMALIZATIONS, aggregate, score_example
 from imprag.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json
+from imprag.model.window import context_window, prompt_budget
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,16 @@ DECODING = (
 )
 MATCH_NOTE = {
     "word": "answer recall: a normalised gold answer occurs on word boundaries inside a passage's "
-    "normalised `title: text` (KILT normalisation; `imprag.eval.metrics.has_answer`, match=word)",
+    "normalised `title: text` (KILT normalisation plus folded accents and Unicode punctuation; "
+    "`imprag.eval.metrics.has_answer`, match=word)",
     "substring": "answer recall: a normalised gold answer occurs anywhere inside a passage's normalised "
-    "`title: text` (match=substring; over-counts short answers)",
+    "`title: text` (accents and Unicode punctuation folded; match=substring; over-counts short answers)",
+}
+NORMALIZATION_NOTE = {
+    "kilt": "EM/F1: official KILT/SQuAD normalisation (lowercase, delete ASCII punctuation, drop a/an/the, "
+    "collapse whitespace)",
+    "unicode": "EM/F1: KILT normalisation with accents and Unicode punctuation folded (--normalize unicode; "
+    "not comparable with published numbers)",
 }
 
 
@@ -71,6 +79,7 @@ class EvalConfig:
     max_new_tokens: int = 32
     match: str = "word"
     query_calibration: str = "prompts"  # imprag: each format's query mean from the task's prompts, or "stored"
+    normalization: str = "kilt"  # EM/F1: "kilt" (official) or "unicode"
     on_error: str = "fail"
     cache_dir: Path | None = None  # retriever cache (BM25 / dense embeddings)
     allow_fingerprint_mismatch: bool = False
@@ -99,6 +108,10 @@ class EvalConfig:
             raise UserError(f"--query-calibration must be prompts or stored, got {self.query_calibration!r}")
         if self.match not in MATCH_MODES:
             raise UserError(f"--match must be one of {', '.join(MATCH_MODES)}, got {self.match!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise UserError(
+                f"--normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}"
+            )
         if self.tasks is not None and len(self.tasks) not in (1, len(self.data)):
             raise UserError(
                 f"--task: give one task for all files or one per file ({len(self.data)} files, {len(self.tasks)} tasks)"
@@ -265,13 +278,20 @@ def run_task(
 
 
 def score_rows(
-    task: TaskRun, rows: list[dict[str, Any]], ks: list[int], match: str, uses_passages: bool
+    task: TaskRun,
+    rows: list[dict[str, Any]],
+    ks: list[int],
+    match: str,
+    uses_passages: bool,
+    normalization: str = "kilt",
 ) -> dict[str, float]:
     records = []
     for ex, row in zip(task.examples, rows):
         retrieved = row["passages"] if uses_passages else None
         records.append(
-            score_example(task.spec.kind, row["answer"], ex.answers, retrieved, ex.provenance, ks, match)
+            score_example(
+                task.spec.kind, row["answer"], ex.answers, retrieved, ex.provenance, ks, match, normalization
+            )
         )
     return aggregate(records)
 
@@ -286,7 +306,12 @@ def run_eval(cfg: EvalConfig, model: Any = None) -> dict[str, Any]:
 
         model = ImpRAG.from_pretrained(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
     k = cfg.k or model.config.k
-    if cfg.method in ("imprag", "oracle") and k > model.config.k:
+    mc = model.config  # the answer budget must fit beside the prompt (and the passage offset)
+    reads = cfg.method in ("imprag", "oracle")
+    prompt_budget(
+        mc.k, mc.l_max, context_window(model.lm.config), cfg.max_new_tokens, reads, "--max-new-tokens"
+    )
+    if reads and k > model.config.k:
         raise UserError(
             f"-k {k}: the model reads at most k={model.config.k} passages through its middle layers "
             f"(its prompt positions start at k*l_max); pass -k {model.config.k} or less"
@@ -337,7 +362,7 @@ def run_eval(cfg: EvalConfig, model: Any = None) -> dict[str, Any]:
             ),
             task=task.spec,
         )
-        metrics = score_rows(task, rows, ks, cfg.match, method.uses_passages)
+        metrics = score_rows(task, rows, ks, cfg.match, method.uses_passages, cfg.normalization)
         results[task.name] = {
             "task": task.spec.name,
             "group": task.spec.group,
@@ -360,6 +385,7 @@ def run_eval(cfg: EvalConfig, model: Any = None) -> dict[str, Any]:
         "max_new_tokens": cfg.max_new_tokens,
         "decoding": DECODING,
         "match": cfg.match,
+        "normalization": cfg.normalization,
         "model_config": settings["model_config"],
         "seconds": round(time.time() - t0, 2),
         "tasks": results,
@@ -409,7 +435,7 @@ def format_run_table(doc: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "EM: KILT exact match after normalisation (lowercase, no punctuation/articles); FEVER: label accuracy.",
+        f"{NORMALIZATION_NOTE[doc.get('normalization', 'kilt')]}; FEVER: label accuracy.",
         f"{MATCH_NOTE[doc['match']]}. AIDA: the gold page title equals a passage title; FEVER: a passage's "
         "title is a gold provenance page.",
         "R-prec / prov R@k: KILT R-precision and recall@k of the passages used against gold provenance "

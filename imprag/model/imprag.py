@@ -23,6 +23,8 @@ from imprag.model.arch import ArchSpec, get, rotary_fn, spec_for
 from imprag.model.calibration import Calibration, calibration_prompts, template_key
 from imprag.model.config import PAPER_RETRIEVAL, ImpRAGConfig
 from imprag.model.layer_groups import LayerKV, attention_mask_4d, last_token_index, positions_from_mask
+from imprag.model.weights import check_loading_info, check_weights, load_causal_lm, load_error
+from imprag.model.window import check_model_window, context_window, prompt_budget
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,7 @@ class ImpRAG:
         self.spec: ArchSpec = spec_for(lm.config.model_type)
         self.layers = get(lm, self.spec.layers)
         self.config = config.validate(len(self.layers))
+        check_model_window(self)  # k * l_max plus a usable prompt must fit the window
         self.gradient_checkpointing = False
         self._apply_rotary = rotary_fn(lm)
         c = lm.config
@@ -113,7 +116,7 @@ class ImpRAG:
         gguf_file: str | None = None,
     ) -> ImpRAG:
         """Any HF folder or hub id, or a `.gguf` file; an `imprag.json` in the folder restores b, t, k, ..."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         path = Path(path)
         source = str(path)
@@ -129,14 +132,17 @@ class ImpRAG:
             )
         if isinstance(dtype, str):
             dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        check_weights(path)  # damaged or partial weights: one line naming the file
         try:
-            lm = AutoModelForCausalLM.from_pretrained(
-                source, gguf_file=gguf_file, dtype=dtype or torch.float32, attn_implementation="sdpa"
-            )
+            lm, info = load_causal_lm(source, gguf_file, dtype or torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
         except (OSError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"{source}: cannot load a Hugging Face causal LM ({first})") from None
+        except Exception as e:  # damaged weights -> UserError; anything else unchanged
+            raise load_error(source, e) from None
+        if gguf_file is None:
+            check_loading_info(source, info)
         spec_for(lm.config.model_type)  # refuse unsupported architectures before anything else
         if gguf_file is not None:
             _drop_gguf_quantizer(lm)
@@ -276,10 +282,10 @@ class ImpRAG:
         return ids.to(self.device), mask.to(self.device)
 
     def prompt_window(self, with_passages: bool, max_new_tokens: int = 0) -> int:
-        """Tokens a prompt may have: the context window minus the passage offset and the answer budget."""
-        ctx = getattr(self.lm.config, "max_position_embeddings", None) or 1 << 30
-        offset = self.config.prompt_offset if with_passages else 0
-        return max(1, ctx - offset - max_new_tokens)
+        """Tokens a prompt may have: the context window minus the passage offset and the answer budget
+        (UserError when fewer than a usable prompt's few tokens are left)."""
+        c = self.config
+        return prompt_budget(c.k, c.l_max, context_window(self.lm.config), max_new_tokens, with_passages)
 
     def encode_prompts(
         self, prompts: list[str], side: str = "left", with_passages: bool = False, max_new_tokens: int = 0
@@ -623,10 +629,11 @@ class ImpRAG:
                 f"{len(passages)} passage lists for {len(prompts)} prompts: give one list per prompt"
             )
         with_passages = passages is not None
+        read = self.tokenize_passages(passages) if passages is not None else None  # bad k: refused first
         ids, mask = self.encode_prompts(prompts, "left", with_passages, max_new_tokens)
         prefix, prefix_valid, offset = {}, None, 0
-        if passages is not None:
-            prefix, prefix_valid = self.encode_passages(self.tokenize_passages(passages))
+        if read is not None:
+            prefix, prefix_valid = self.encode_passages(read)
             offset = self.config.prompt_offset
         cache = LayerKV(prefix, "append")
         position_ids = positions_from_mask(mask, offset)

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imprag.errors import UserError
+from imprag.model.window import check_model_window
 from imprag.serve.batching import (
     BatchConfig,
     Delta,
@@ -90,11 +91,8 @@ class Service:
             raise UserError(
                 f"-k {config.k}: the model reads at most k={k_model} passages; pass -k {k_model} or fewer"
             )
-        window = model.prompt_window(True, config.max_tokens_cap)
-        if window < 1 or config.max_tokens_cap >= model.prompt_window(True, 0):
-            raise UserError(
-                f"--max-tokens-cap {config.max_tokens_cap}: leaves no room for a prompt in the model's window; lower it"
-            )
+        # the same check as at model load, now with the answer budget (refuses "no room for a prompt")
+        window = check_model_window(model, config.max_tokens_cap, "--max-tokens-cap")
         max_prompt = min(config.max_prompt_tokens, window)
         if max_prompt < config.max_prompt_tokens:
             log.warning(

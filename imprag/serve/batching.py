@@ -13,7 +13,8 @@ when every row is finished.
 
 Results go back through `Job.emit(event)`, called on the worker thread: `Retrieved`, then (streaming
 jobs) `Delta`s, then exactly one `Finished` or `Failed`. No batching across decode steps: a request that
-arrives while a batch decodes waits for the next batch.
+arrives while a batch decodes waits for the next batch. A cancelled job (its client left) stops being answered and
+gives its place (`max_active`) back at the next decode step of its batch.
 """
 
 from __future__ import annotations
@@ -181,8 +182,9 @@ class _Row:
         """gen: the row's Generation after one more decode step (text, token_ids, finish_reason)."""
         if self.done:
             return
-        if self.job.cancelled:
+        if self.job.cancelled:  # the client left: give its place back now, not when the batch ends
             self.done = True
+            self.job.close()
             return
         s = self.job.sampling
         assert s is not None
