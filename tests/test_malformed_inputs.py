@@ -166,6 +166,10 @@ CASES = [
     Case("index missing passages", cmd("index", "--model", M, "--passages", "/nonexistent/p.jsonl", "--out", OUT), ("/nonexistent/p.jsonl",), "out"),
     Case("index batch size", cmd("index", "--model", M, "--passages", P, "--out", OUT, "--batch-size", "0"), ("--batch-size",), "out"),
     Case("index missing --out", cmd("index", "--model", M, "--passages", P), ("--out", "--help"), None),
+    # ---- calibrate
+    Case("calibrate truncated weights", cmd("calibrate", "--model", s("truncated"), "--passages", P), TRUNC),
+    Case("calibrate missing passages", cmd("calibrate", "--model", M, "--passages", "/nonexistent/p.jsonl"), ("/nonexistent/p.jsonl", "cannot read")),
+    Case("calibrate binary passages", cmd("calibrate", "--model", M, "--passages", s("binary"), "--max-passages", "0"), ("--max-passages",)),
     # ---- search
     Case("search window", cmd("search", "q", "--model", s("short"), "--index", IDX), WINDOW),
     Case("search truncated weights", cmd("search", "q", "--model", s("truncated"), "--index", IDX), TRUNC),

@@ -78,7 +78,9 @@ class EvalConfig:
     batch_size: int = 8
     max_new_tokens: int = 32
     match: str = "word"
-    query_calibration: str = "prompts"  # imprag: each format's query mean from the task's prompts, or "stored"
+    query_calibration: str = (
+        "prompts"  # imprag: each format's query mean from the task's prompts, or "stored"
+    )
     normalization: str = "kilt"  # EM/F1: "kilt" (official) or "unicode"
     on_error: str = "fail"
     cache_dir: Path | None = None  # retriever cache (BM25 / dense embeddings)

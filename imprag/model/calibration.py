@@ -154,16 +154,25 @@ class Calibration:
 
 def sample_passage_texts(path: str | Path, n: int = 512, seed: int = 0, scan: int = 20000) -> list[str]:
     """A seeded sample of `n` passage texts ("Title: text") from the first `scan` lines of a passages
-    JSONL (bad lines are skipped here: the index build reports them)."""
-    from imprag.io import iter_jsonl
+    JSONL. Lines that are not JSON objects are passed over silently: the index build reports them."""
+    import json
+
     from imprag.passage import passage_text
 
     texts = []
-    for i, (_, row) in enumerate(iter_jsonl(path, on_error="skip")):
-        if i >= scan:
-            break
-        if isinstance(row, dict):
-            texts.append(passage_text(row))
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for i, line in enumerate(f):
+                if i >= scan:
+                    break
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict):
+                    texts.append(passage_text(row))
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the passages ({e.strerror})") from None
     if not texts:
         raise UserError(f"{path}: no passages to calibrate retrieval with")
     return random.Random(seed).sample(texts, min(n, len(texts)))
