@@ -52,6 +52,7 @@ def config(root, corpus, model, out: str, **kw) -> TrainConfig:
         StageConfig(name="distill", objective="distill", steps=2, lm_weight=1.0, batch_size=8),
         StageConfig(name="read", objective="lm", steps=1, lm_weight=1.0, batch_size=8, freeze_retrieval=True),
     ]
+    cfg.cached_warmup.steps = 3  # rank 0 caches, every process trains the same full-batch steps
     cfg.seed = 1  # step 4 gives one process no retrieval example and the other no LM-only example
     cfg.optim.lr = 5e-3  # big steps, so that any difference in the gradient shows in later losses
     cfg.loss.tau_t = 0.05  # a peaked teacher: the distillation term is far from zero
@@ -71,6 +72,12 @@ def compare(root, single: str, multi: str) -> None:
     wa = load_file(str(root / single / "final" / "model.safetensors"))
     wb = load_file(str(root / multi / "final" / "model.safetensors"))
     assert wa.keys() == wb.keys()
+    assert any((root / multi / "cache").rglob("k-*.pt"))  # the cached warmup ran
+    ca = load_file(str(root / single / "final" / "calibration.safetensors"))
+    cb = load_file(str(root / multi / "final" / "calibration.safetensors"))
+    assert ca.keys() == cb.keys() and "query.qa" in ca
+    for k in ca:
+        assert_close(ca[k], cb[k], rtol=1e-3, atol=1e-4)
     for k in wa:
         # Adam turns float noise in near-zero gradients into updates of up to ~lr: compare at 1e-4 (updates are ~1e-2)
         assert_close(wa[k], wb[k], rtol=1e-3, atol=1e-4)
