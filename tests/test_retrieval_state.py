@@ -92,16 +92,62 @@ def test_mean_pooled_vectors_equal_hooked_projections(arch, side, tok):
     )
 
 
-def test_training_forward_pools_the_prompt_tokens_only(tok):
+def content_reference(m: ImpRAG, prompts: list[str], slots: list[list[str]]) -> torch.Tensor:
+    """Mean query state over the tokens that overlap the slot values (found with str.find), per prompt."""
+    out = []
+    for prompt, values, states in zip(prompts, slots, hooked_token_states(m, prompts, "q_proj")):
+        offsets = m.tokenizer(prompt, return_offsets_mapping=True)["offset_mapping"]
+        spans = [(prompt.find(v), prompt.find(v) + len(v)) for v in values]
+        keep = [i for i, (a, b) in enumerate(offsets) if any(a < e and b > s for s, e in spans)]
+        g = m.num_heads // m.num_kv_heads
+        s = states.view(states.shape[0], m.num_kv_heads, g, m.head_dim).mean(2).reshape(states.shape[0], -1)
+        out.append(s[keep].mean(0))
+    return torch.stack(out)
+
+
+def test_content_pooling_averages_the_template_slots(tok):
+    from imprag.data.tasks import apply_template
+    from imprag.train.collate import Collator
+
+    m = make("llama", tok, pooling="content")
+    prompts = [
+        apply_template("trex", "Paris [SEP] country"),
+        apply_template("nq", "who wrote it?"),
+        "the river flows",
+    ]
+    slots = [["Paris", "country"], ["who wrote it?"], ["the river flows"]]
+    assert_close(m.embed_queries(prompts), content_reference(m, prompts, slots), rtol=1e-5, atol=1e-6)
+    # passages pool every token but the first, as "mean" does
+    assert_close(m.embed_passages(PASSAGES), reference_mean(m, PASSAGES, "k"), rtol=1e-5, atol=1e-6)
+    # the training collator marks the same tokens
+    batch = Collator(m.tokenizer, 64, 8, 8).sequences(prompts, ["x", "y", "z"])
+    _, mask, content = m.encode_queries(prompts)
+    assert batch.query_content is not None and content is not None
+    for i in range(3):
+        n = int(mask[i].sum())
+        assert batch.query_content[i, :n].tolist() == content[i][mask[i].bool()].tolist()
+        assert 0 < int(content[i].sum()) < n or i == 2
+
+
+@pytest.mark.parametrize("pooling", ["mean", "content", "last"])
+def test_training_forward_pools_the_prompt_tokens_only(pooling, tok):
     """forward(query_index=...) over prompt + response pools the prompt's tokens, as embed_queries does."""
-    m = make("llama", tok, calibration="template", similarity="cosine")
+    from imprag.data.tasks import apply_template
+    from imprag.train.collate import Collator
+
+    m = make("llama", tok, calibration="template", similarity="cosine", pooling=pooling)
     m.calibrate(PASSAGES)
-    prompt, response = PROMPTS[0], " the author"
-    p_ids = m._tokenize([prompt])[0]
-    r_ids = m.tokenizer(response, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([p_ids + r_ids])
-    out = m.forward(ids, torch.ones_like(ids), query_index=torch.tensor([len(p_ids) - 1]), query_keys=["qa"])
-    assert_close(out.query_vectors, m.embed_queries([prompt]), rtol=1e-5, atol=1e-5)
+    prompts = [apply_template("nq", "who wrote the book?"), apply_template("trex", "Paris [SEP] country")]
+    batch = Collator(m.tokenizer, 64, 8, 8).sequences(prompts, [" the author", " France"])
+    keys = [template_key(p) for p in prompts]
+    out = m.forward(
+        batch.input_ids,
+        batch.attention_mask,
+        query_index=batch.query_index,
+        query_keys=keys,
+        query_content=batch.query_content,
+    )
+    assert_close(out.query_vectors, m.embed_queries(prompts), rtol=1e-5, atol=1e-5)
 
 
 def test_cosine_and_calibration_are_the_final_search_vectors(tok):
@@ -192,18 +238,17 @@ def test_legacy_imprag_json_means_the_papers_retrieval_state(tmp_path):
 
 # ---------------------------------------------------------------- the cached warmup
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-@pytest.mark.parametrize("pooling", ["mean", "last"])
+@pytest.mark.parametrize("pooling", ["content", "mean", "last"])
 def test_cached_states_equal_the_models_states(arch, pooling, tok):
     m = make(arch, tok, pooling=pooling)
     check_cacheable(m)
     head = RetrievalHead(m)
-    ids, mask = m.encode_prompts(PROMPTS, side="left", with_passages=True)
+    ids, mask, content = m.encode_queries(PROMPTS)
     with torch.no_grad():
+        cached = head.states(pooled_inputs(m, ids, mask, "q", content=content), "q")
+        assert_close(cached, m.query_states(ids, mask, content=content), rtol=1e-5, atol=1e-5)
         assert_close(
-            head.states(pooled_inputs(m, ids, mask, "q"), "q"),
-            m.query_states(ids, mask),
-            rtol=1e-5,
-            atol=1e-5,
+            head.states(build_cache(m, PROMPTS, "q"), "q"), m.embed_queries(PROMPTS), rtol=1e-5, atol=1e-5
         )
     u = build_cache(m, PASSAGES, "k", batch_size=2)
     with torch.no_grad():

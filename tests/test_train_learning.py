@@ -62,7 +62,9 @@ def test_nce_warmup_lifts_implicit_query_recall_far_above_chance(tmp_path, capsy
         progress=False,
     )
     dev = load_dev(cfg.eval, load_passages(passages))
-    before = dev_recall(ImpRAG.from_pretrained(model_dir, b=1, t=2, k=2, l_max=32), dev, [1, 5])
+    untrained = ImpRAG.from_pretrained(model_dir, b=1, t=2, k=2, l_max=32)
+    untrained.calibrate(dev.index_texts)  # label-free means, as `imprag index` would compute
+    before = dev_recall(untrained, dev, [1, 5])
     final = train(cfg)
     after = dev_recall(ImpRAG.from_pretrained(final), dev, [1, 5])
     evals = [

@@ -188,3 +188,26 @@ def ensure_calibrated(model, passages: str | Path, saved: str | Path | None = No
         model.calibrate(sample_passage_texts(passages))
         logging.getLogger(__name__).info("retrieval calibration computed from a sample of %s", passages)
     return True
+
+
+def content_flags(tokenizer, texts: list[str]) -> list[list[bool]] | None:
+    """Per text, per token (with the tokenizer's special tokens): does the token carry the prompt's own
+    content, i.e. overlap a filled slot of its task template? A prompt of no known template is all content.
+    None when the tokenizer gives no character offsets (a slow tokenizer): then every token counts."""
+    if not getattr(tokenizer, "is_fast", False) or not texts:
+        return None
+    enc = tokenizer(list(texts), add_special_tokens=True, return_offsets_mapping=True)
+    matchers = {k: p for k, _, p in template_matchers()}
+    out = []
+    for text, offsets in zip(texts, enc["offset_mapping"]):
+        key = template_key(text)
+        spans = [(0, len(text))]
+        if key != FREE:
+            lead = len(text) - len(text.lstrip())
+            match = matchers[key].fullmatch(text.strip())
+            assert match is not None
+            groups = range(1, (match.lastindex or 0) + 1)
+            spans = [(a + lead, b + lead) for a, b in (match.span(g) for g in groups)]
+        flags = [any(a < e and b > s for s, e in spans) for a, b in offsets]
+        out.append(flags if any(flags) else [True] * len(flags))
+    return out

@@ -14,7 +14,7 @@ from imprag.io import atomic_write_json
 CONFIG_NAME = "imprag.json"
 STATES = ("pre_rope", "post_rope")
 READERS = ("concat", "independent")
-POOLINGS = ("mean", "last")
+POOLINGS = ("content", "mean", "last")
 SIMILARITIES = ("cosine", "dot")
 CALIBRATIONS = ("template", "mean", "none")
 # The paper's retrieval state (last token, dot product, nothing subtracted): what an imprag.json written
@@ -31,9 +31,10 @@ class ImpRAGConfig:
     l_max: int = 128  # max tokens per passage; the prompt's positions start at k * l_max
     state: str = "pre_rope"  # retrieval vectors before or after the rotary embedding
     reader: str = "concat"  # "concat": passages as one causal sequence; "independent": each from position 0
-    # layer-b states pooled over the tokens ("mean": every token but the first, an attention sink) or the
-    # last token's ("last": the paper)
-    pooling: str = "mean"
+    # layer-b states averaged over tokens. "content": a prompt's own tokens (those filling its task template's
+    # slots; every token of a free-form prompt); "mean": every token but the first (an attention sink);
+    # "last": the last token's (the paper). Passages: every token but the first unless "last".
+    pooling: str = "content"
     similarity: str = "cosine"  # "cosine": unit vectors, score = cos / temperature; "dot": the paper
     temperature: float = 0.05  # cosine only: query vectors are scaled by 1 / temperature
     calibration: str = "template"  # subtract a mean: per prompt format ("template"), one ("mean"), "none"

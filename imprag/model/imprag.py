@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from imprag.errors import UserError
 from imprag.model.arch import ArchSpec, get, rotary_fn, spec_for
-from imprag.model.calibration import Calibration, calibration_prompts, template_key
+from imprag.model.calibration import Calibration, calibration_prompts, content_flags, template_key
 from imprag.model.config import PAPER_RETRIEVAL, ImpRAGConfig
 from imprag.model.layer_groups import LayerKV, attention_mask_4d, last_token_index, positions_from_mask
 from imprag.model.weights import check_loading_info, check_weights, load_causal_lm, load_error
@@ -262,9 +262,30 @@ class ImpRAG:
             len(ids),
             limit,
         )
+        return [ids[i] for i in self._kept_positions(ids, limit)]
+
+    def _kept_positions(self, ids: list[int], limit: int) -> list[int]:
+        if len(ids) <= limit:
+            return list(range(len(ids)))
         bos = self.tokenizer.bos_token_id
-        head = [ids[0]] if bos is not None and ids[0] == bos else []
-        return head + ids[len(ids) - (limit - len(head)) :]
+        head = [0] if bos is not None and ids[0] == bos else []
+        return head + list(range(len(ids) - (limit - len(head)), len(ids)))
+
+    def encode_queries(
+        self, prompts: list[str], max_new_tokens: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Prompts as queries: left-padded ids and mask (B, T) placed after the passages, and (B, T) bool
+        marking each prompt's content tokens (`calibration.content_flags`; None unless pooling "content")."""
+        limit = self.prompt_window(True, max_new_tokens)
+        rows = self._tokenize(prompts)
+        flags = content_flags(self.tokenizer, prompts) if self.config.pooling == "content" else None
+        if flags is None or any(len(f) != len(r) for f, r in zip(flags, rows)):
+            ids, mask = self._pad([self._truncate_prompt(r, limit) for r in rows], "left")
+            return ids, mask, None
+        ids, mask = self._pad([self._truncate_prompt(r, limit) for r in rows], "left")
+        kept = [self._kept_positions(r, limit) for r in rows]  # the same cut for the flags
+        content, _ = self._pad([[int(f[i]) for i in k] for f, k in zip(flags, kept)], "left")
+        return ids, mask, content.bool() & mask.bool()
 
     def _pad(self, seqs: list[list[int]], side: str) -> tuple[torch.Tensor, torch.Tensor]:
         pad_id = self.tokenizer.pad_token_id
@@ -363,10 +384,11 @@ class ImpRAG:
         w = pool.to(s.dtype)[..., None]  # (B, T, 1)
         return (s * w).sum(1) / w.sum(1).clamp(min=1)
 
-    def _pool_mask(self, attention_mask, last=None) -> torch.Tensor:
+    def _pool_mask(self, attention_mask, last=None, content=None) -> torch.Tensor:
         """(B, T) bool: the tokens whose states are pooled: the last real token (or `last` (B,)) for "last";
-        for "mean" every real token up to it except the sequence's first (an attention sink / BOS), unless
-        that is the only one."""
+        else every real token up to it except the sequence's first (an attention sink / BOS), unless that
+        is the only one; with "content" pooling and a `content` mask (B, T), the content tokens up to it
+        (a row without any keeps the rule before)."""
         valid = attention_mask.bool()
         last = last_token_index(attention_mask) if last is None else last
         idx = torch.arange(valid.shape[1], device=valid.device)[None]  # (1, T)
@@ -374,7 +396,11 @@ class ImpRAG:
             return idx == last[:, None]
         keep = valid & (idx <= last[:, None])
         first = valid.long().argmax(-1)[:, None]  # (B, 1): first real token
-        return keep & ~((idx == first) & (keep.sum(-1, keepdim=True) > 1))
+        keep = keep & ~((idx == first) & (keep.sum(-1, keepdim=True) > 1))
+        if self.config.pooling == "content" and content is not None:
+            own = content.bool() & valid & (idx <= last[:, None])
+            keep = torch.where(own.any(-1, keepdim=True), own, keep)
+        return keep
 
     def _calibration(self) -> Calibration:
         if self.calibration is None:
@@ -412,21 +438,25 @@ class ImpRAG:
             hidden = self._run_layer(i, hidden, mask, pe, None)
         return hidden, positions
 
-    def query_states(self, input_ids, attention_mask, token_index=None) -> torch.Tensor:
+    def query_states(self, input_ids, attention_mask, token_index=None, content=None) -> torch.Tensor:
         """(B, h_k*d) with autograd: layer b's pooled query state, uncalibrated; `token_index` (B,) is each
-        row's last prompt token (default: its last real token)."""
+        row's last prompt token (default: its last real token); `content` (B, T) its content tokens."""
         offset = self.config.prompt_offset if self.config.state == "post_rope" else 0
         hidden, positions = self._bottom(input_ids, attention_mask, offset)
-        return self._retrieval_state(hidden, positions, self._pool_mask(attention_mask, token_index), "q")
+        pool = self._pool_mask(attention_mask, token_index, content)
+        return self._retrieval_state(hidden, positions, pool, "q")
 
     def passage_states(self, input_ids, attention_mask) -> torch.Tensor:
         """(B, h_k*d) with autograd: layer b's pooled key state of each passage, uncalibrated."""
         hidden, positions = self._bottom(input_ids, attention_mask, 0)
         return self._retrieval_state(hidden, positions, self._pool_mask(attention_mask), "k")
 
-    def query_vectors(self, input_ids, attention_mask, token_index=None, keys=None) -> torch.Tensor:
+    def query_vectors(
+        self, input_ids, attention_mask, token_index=None, keys=None, content=None
+    ) -> torch.Tensor:
         """(B, h_k*d) with autograd: the search vectors of prompts (`keys`: their calibration keys)."""
-        return self.finish_vectors(self.query_states(input_ids, attention_mask, token_index), "q", keys)
+        states = self.query_states(input_ids, attention_mask, token_index, content)
+        return self.finish_vectors(states, "q", keys)
 
     def passage_vectors(self, input_ids, attention_mask) -> torch.Tensor:
         """(B, h_k*d) with autograd: the index vectors of passages."""
@@ -457,7 +487,15 @@ class ImpRAG:
         return prefix, valid
 
     def _prompt_layers(
-        self, hidden, key_valid, position_ids, cache: LayerKV, prefix_valid, query_index=None, query_keys=None
+        self,
+        hidden,
+        key_valid,
+        position_ids,
+        cache: LayerKV,
+        prefix_valid,
+        query_index=None,
+        query_keys=None,
+        query_content=None,
     ):
         """All N layers over new prompt tokens. Middle layers b..t see the passage prefix held in `cache`.
 
@@ -474,7 +512,7 @@ class ImpRAG:
         qvec = None
         for i in range(self.num_layers):
             if i == b and query_index is not None:
-                pool = self._pool_mask(key_valid[:, -T:], query_index)
+                pool = self._pool_mask(key_valid[:, -T:], query_index, query_content)
                 qvec = self.finish_vectors(
                     self._retrieval_state(hidden, position_ids, pool, "q"), "q", query_keys
                 )
@@ -488,12 +526,14 @@ class ImpRAG:
         passages: PassageInputs | None = None,
         query_index=None,
         query_keys: list[str] | None = None,
+        query_content: torch.Tensor | None = None,
     ) -> ImpRAGOutput:
         """Training/scoring forward over prompt(+response) tokens (B, T) with optional passages.
 
         With passages the sequence's positions start at k * l_max; `query_index` (B,) picks the token whose
-        layer-b query state is returned (the prompt's last token; "mean" pooling averages up to it) and
-        `query_keys` are the prompts' calibration keys (`calibration.template_key`).
+        layer-b query state is returned (the prompt's last token; pooling averages up to it), `query_keys`
+        are the prompts' calibration keys (`calibration.template_key`) and `query_content` (B, T) their
+        content tokens ("content" pooling).
         """
         prefix, prefix_valid, offset = {}, None, 0
         if passages is not None:
@@ -509,6 +549,7 @@ class ImpRAG:
             prefix_valid,
             query_index,
             query_keys,
+            query_content,
         )
         return ImpRAGOutput(get(self.lm, self.spec.head)(hidden), qvec)
 
@@ -521,9 +562,9 @@ class ImpRAG:
         out = []
         for s in range(0, len(prompts), batch_size):
             chunk = prompts[s : s + batch_size]
-            ids, mask = self.encode_prompts(chunk, side="left", with_passages=True)
+            ids, mask, content = self.encode_queries(chunk)
             keys = [template_key(p) for p in chunk]
-            out.append(self.query_vectors(ids, mask, keys=keys).float().cpu())
+            out.append(self.query_vectors(ids, mask, keys=keys, content=content).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, self.dim)
 
     @torch.no_grad()
@@ -561,8 +602,8 @@ class ImpRAG:
                 continue
             states = []
             for s in range(0, len(rows), batch_size):
-                ids, mask = self.encode_prompts(rows[s : s + batch_size], side="left", with_passages=True)
-                states.append(self.query_states(ids, mask).float().cpu())
+                ids, mask, content = self.encode_queries(rows[s : s + batch_size])
+                states.append(self.query_states(ids, mask, content=content).float().cpu())
             cal.query[key] = torch.cat(states).mean(0)
             done.append(key)
         return done
@@ -590,8 +631,8 @@ class ImpRAG:
         for key, rows in prompts.items():
             states = []
             for s in range(0, len(rows), batch_size):
-                ids, mask = self.encode_prompts(rows[s : s + batch_size], side="left", with_passages=True)
-                states.append(self.query_states(ids, mask).float().cpu())
+                ids, mask, content = self.encode_queries(rows[s : s + batch_size])
+                states.append(self.query_states(ids, mask, content=content).float().cpu())
             q_means[key] = torch.cat(states).mean(0)
         self.calibration = Calibration(p_mean, q_means)
         return self.calibration

@@ -20,6 +20,7 @@ class SeqBatch:
     attention_mask: torch.Tensor  # (B, T)
     labels: torch.Tensor  # (B, T): response token ids, IGNORE on prompt and padding
     query_index: torch.Tensor  # (B,): each row's last prompt token (its layer-b query state is the query)
+    query_content: torch.Tensor | None = None  # (B, T) bool: the prompt's content tokens ("content" pooling)
 
     @property
     def tokens(self) -> int:
@@ -39,14 +40,26 @@ class Collator:
 
     def prompt_ids(self, prompts: list[str]) -> list[list[int]]:
         """With the tokenizer's special tokens; a long prompt keeps its first special token and its end."""
+        return self._prompt_rows(prompts)[0]
+
+    def _prompt_rows(self, prompts: list[str]) -> tuple[list[list[int]], list[list[bool]] | None]:
+        """Prompt ids and, cut the same way, their content-token flags (`calibration.content_flags`)."""
+        from imprag.model.calibration import content_flags
+
         out: list[list[int]] = []
-        for ids in self._ids(prompts, True):
+        flags = content_flags(self.tok, prompts) if prompts else None
+        cut_flags: list[list[bool]] = []
+        for n, ids in enumerate(self._ids(prompts, True)):
             ids = list(ids) or list(self.prefix) or [self.pad_id]
+            keep = list(range(len(ids)))
             if len(ids) > self.max_prompt:
-                head = ids[: len(self.prefix)][:1] if self.prefix else []
-                ids = head + ids[len(ids) - (self.max_prompt - len(head)) :]
-            out.append(ids)
-        return out
+                head = [0] if self.prefix else []
+                keep = head + keep[len(ids) - (self.max_prompt - len(head)) :]
+            out.append([ids[i] for i in keep])
+            if flags is not None:
+                f = flags[n]
+                cut_flags.append([f[i] for i in keep] if len(f) == len(ids) else [True] * len(keep))
+        return out, cut_flags if flags is not None else None
 
     def response_ids(self, responses: list[str], prompts: list[str]) -> list[list[int]]:
         """Answer tokens + EOS (the decoder stops there); a space joins it to a prompt ending in ':'."""
@@ -76,7 +89,12 @@ class Collator:
         """prompt + response rows; `plain[i]` marks plain text (empty prompt: every token after the
         tokenizer's prefix is a target)."""
         plain = plain or [False] * len(prompts)
-        qa_prompts = self.prompt_ids([p for p, f in zip(prompts, plain) if not f])
+        qa_prompts, qa_flags = self._prompt_rows([p for p, f in zip(prompts, plain) if not f])
+        p_flags: list[list[bool]] = []
+        if qa_flags is not None:
+            p_flags = []
+            for f in plain:
+                p_flags.append([False] * len(self.prefix) if f else qa_flags.pop(0))
         p_ids = [list(self.prefix) if f else qa_prompts.pop(0) for f in plain]
         r_ids: list[list[int]] = []
         text_rows = self.text_ids([r for r, f in zip(responses, plain) if f])
@@ -98,21 +116,27 @@ class Collator:
         mask = torch.zeros((B, width), dtype=torch.long)
         labels = torch.full((B, width), IGNORE, dtype=torch.long)
         qidx = torch.zeros(B, dtype=torch.long)
+        content = torch.zeros((B, width), dtype=torch.bool)
         for i, (p, r) in enumerate(zip(p_ids, r_ids)):
             n = len(p) + len(r)
             ids[i, :n] = torch.tensor(p + r)
             mask[i, :n] = 1
             labels[i, len(p) : n] = torch.tensor(r, dtype=torch.long)
             qidx[i] = max(len(p) - 1, 0)
-        return SeqBatch(ids, mask, labels, qidx)
+            if qa_flags is not None:
+                content[i, : len(p)] = torch.tensor(p_flags[i], dtype=torch.bool)
+        return SeqBatch(ids, mask, labels, qidx, content if qa_flags is not None else None)
 
-    def prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt-only rows (B, T) right-padded, for query vectors."""
-        rows = self.prompt_ids(prompts)
+    def prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Prompt-only rows (B, T) right-padded, for query vectors, and their content tokens (B, T)."""
+        rows, flags = self._prompt_rows(prompts)
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
+        content = torch.zeros((len(rows), width), dtype=torch.bool)
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r)
             mask[i, : len(r)] = 1
-        return ids, mask
+            if flags is not None:
+                content[i, : len(r)] = torch.tensor(flags[i], dtype=torch.bool)
+        return ids, mask, content if flags is not None else None

@@ -113,6 +113,7 @@ class TrainObjective(nn.Module):
                     passages=passages,
                     query_index=batch.query_index.to(device),
                     query_keys=[template_key(r.prompt) for r in rows_r],  # type: ignore[union-attr]
+                    query_content=None if batch.query_content is None else batch.query_content.to(device),
                 )
                 s, c = response_nll(out.logits, batch.labels.to(device))
                 if dummy:
@@ -129,9 +130,10 @@ class TrainObjective(nn.Module):
         if ret_on:
             if qvec is None:
                 prompts = [s.example.prompt for s in loc_ret] or ["."]
-                ids, mask = self.collator.prompts(prompts)
+                ids, mask, content = self.collator.prompts(prompts)
                 keys = [template_key(p) for p in prompts]
-                qvec = m.query_vectors(ids.to(device), mask.to(device), keys=keys)
+                content = None if content is None else content.to(device)
+                qvec = m.query_vectors(ids.to(device), mask.to(device), keys=keys, content=content)
                 if loc_ret:
                     tokens += int(mask.sum())
                 else:

@@ -54,14 +54,16 @@ def cache_key(model: ImpRAG) -> str:
 
 
 @torch.no_grad()
-def pooled_inputs(model: ImpRAG, input_ids, attention_mask, kind: str, token_index=None) -> torch.Tensor:
+def pooled_inputs(
+    model: ImpRAG, input_ids, attention_mask, kind: str, token_index=None, content=None
+) -> torch.Tensor:
     """(B, H) float32: layer b's input, RMS-normalised without the norm weight, pooled as the model pools."""
     offset = model.config.prompt_offset if kind == "q" and model.config.state == "post_rope" else 0
     hidden, _ = model._bottom(input_ids, attention_mask, offset)  # (B, T, H)
     norm = get(model.layers[model.config.b], model.spec.input_norm)
     h = hidden.float()
     n = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
-    w = model._pool_mask(attention_mask, token_index).float()[..., None]  # (B, T, 1)
+    w = model._pool_mask(attention_mask, token_index, content).float()[..., None]  # (B, T, 1)
     return (n * w).sum(1) / w.sum(1).clamp(min=1)
 
 
@@ -90,12 +92,13 @@ def build_cache(
         rows = []
         for s in range(c, min(c + chunk, len(texts)), batch_size):
             batch = texts[s : min(s + batch_size, c + chunk)]
+            content = None
             if kind == "q":
-                ids, mask = model.encode_prompts(batch, side="left", with_passages=True)
+                ids, mask, content = model.encode_queries(batch)
             else:
                 seqs = [model._truncate_passage(x, model.config.l_max) for x in model._tokenize(batch)]
                 ids, mask = model._pad(seqs, "right")
-            rows.append(pooled_inputs(model, ids, mask, kind).cpu())
+            rows.append(pooled_inputs(model, ids, mask, kind, content=content).cpu())
             bar.update(len(batch))
         part = torch.cat(rows)
         if file is not None:
