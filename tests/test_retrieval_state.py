@@ -340,3 +340,39 @@ def test_cached_warmup_learns_to_retrieve(tok):
     losses = train_cached(m, data, steps=150, batch_size=12, lr=3e-2, progress=False)
     assert losses[-1] < losses[0] * 0.5
     assert recall() >= max(0.75, before + 0.3)
+
+
+def test_imprag_train_with_the_cached_warmup_alone(tmp_path):
+    """`imprag train` with no stages: cache, train, calibrate, save; an interrupted cache resumes from its
+    finished chunks; the final model's vectors are the trained head's."""
+    from test_train_support import make_corpus, make_model, small_config
+
+    from imprag.train.loop import train
+
+    corpus = make_corpus(tmp_path, n=24)
+    model = make_model(tmp_path, corpus["texts"])
+    cfg = small_config(tmp_path, corpus, model, out=str(tmp_path / "run"))
+    cfg.stages, cfg.cached_warmup.steps, cfg.cached_warmup.batch_size = [], 5, 8
+    cfg.eval.dev = str(corpus["dev"])
+    final = train(cfg)
+    chunks = sorted((tmp_path / "run" / "cache").rglob("*.pt"))
+    assert {c.name.split("-")[0] for c in chunks} == {"k", "q"}
+    trained = ImpRAG.from_pretrained(final)
+    base = ImpRAG.from_pretrained(model, b=1, t=2, k=2, l_max=24)
+    assert trained.calibration is not None and "qa" in trained.calibration.query
+    changed = {n for n, p in trained.lm.named_parameters() if not torch.equal(p, base.lm.get_parameter(n))}
+    assert changed == {
+        "model.layers.1.input_layernorm.weight",
+        "model.layers.1.self_attn.q_proj.weight",
+        "model.layers.1.self_attn.k_proj.weight",
+    }
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows and rows[-1]["stage"] == "cached_warmup" and "recall@1" in rows[-1]["eval"]
+    # a second run reuses every cached chunk (same files, untouched)
+    stamps = {c: c.stat().st_mtime_ns for c in chunks}
+    cfg.out, cfg.overwrite = str(tmp_path / "run2"), True
+    cfg.cached_warmup.cache_dir = str(tmp_path / "run" / "cache")
+    final2 = train(cfg)
+    assert {c: c.stat().st_mtime_ns for c in chunks} == stamps
+    again = ImpRAG.from_pretrained(final2)
+    assert_close(again.embed_queries(PROMPTS), trained.embed_queries(PROMPTS))

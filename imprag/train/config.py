@@ -203,8 +203,10 @@ class TrainConfig:
             raise UserError("--model.path is required: a Hugging Face folder or an ImpRAG checkpoint")
         if not self.out:
             raise UserError("--out is required: the folder for checkpoints and metrics")
-        if not self.stages:
-            raise UserError("stages: give at least one stage (e.g. a warmup with objective nce)")
+        if not self.stages and not self.cached_warmup.steps:
+            raise UserError(
+                "stages: give at least one stage (e.g. a warmup with objective nce) or --cached_warmup.steps"
+            )
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise UserError(f"--max_minutes must be > 0 (got {self.max_minutes})")
         for n, st in enumerate(self.stages):

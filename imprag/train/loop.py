@@ -309,7 +309,7 @@ class _Trainer:
         passages = load_passages(cfg.data.passages, cfg.data.on_error) if cfg.data.passages else {}
         mixture = Mixture(cfg, passages)
         plans = mixture.plan(env.world_size)
-        total_steps = plans[-1].end
+        total_steps = plans[-1].end if plans else 0  # no stages: the cached warmup alone
         model = self._build_model(ckpt, mixture, passages)
         collator = Collator(
             model.tokenizer,
@@ -393,7 +393,7 @@ class _Trainer:
         window_tokens, window_t = 0, time.perf_counter()
         plan_of = {s: p for p in plans for s in range(p.start, p.end)}
         last_log: dict[str, Any] = {}
-        done, plan = start, plans[-1]  # what the final evaluation reports when no step runs
+        done, plan = start, (plans[-1] if plans else None)  # what the final evaluation reports
         try:
             for step in range(start, total_steps):
                 plan = plan_of[step]
@@ -462,7 +462,7 @@ class _Trainer:
         over = torch.tensor([float(elapsed_s > 60 * self.cfg.max_minutes)], device=self.env.device)
         return bool(self.env.all_reduce_sum(over).item() > 0)
 
-    def _evaluate(self, dev, model, wrapped, step: int, plan: StagePlan) -> None:
+    def _evaluate(self, dev, model, wrapped, step: int, plan: StagePlan | None) -> None:
         from imprag.train.evaluate import dev_recall
 
         fsdp = self.cfg.distributed.strategy == "fsdp" and self.env.distributed
@@ -477,7 +477,8 @@ class _Trainer:
                 result = dev_recall(model, dev, self.cfg.eval.k)
         if self.env.is_main and result is not None:
             log.info("dev at step %d: %s", step, ", ".join(f"{k} {v:.3f}" for k, v in result.items()))
-            self._append_metrics({"step": step, "stage": plan.config.name, "eval": result})
+            stage = plan.config.name if plan is not None else "cached_warmup"
+            self._append_metrics({"step": step, "stage": stage, "eval": result})
         self.env.barrier()
 
     def _train_step(
