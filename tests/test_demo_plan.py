@@ -23,7 +23,11 @@ def test_every_plan_validates_and_starts_with_a_retrieval_only_warmup(tmp_path, 
     for backbone in ("tiny", "smollm2"):
         cfg = plan(tmp_path, backbone, size)
         first = cfg.stages[0]
-        assert (first.name, first.objective, first.lm_weight) == ("warmup", "nce", 0.0)
+        if backbone == "tiny":
+            assert (first.name, first.objective, first.lm_weight) == ("warmup", "nce", 0.0)
+            assert cfg.cached_warmup.steps == 0
+        else:  # the cached warmup trains retrieval before any stage
+            assert cfg.cached_warmup.steps > 0 and "warmup" not in [s.name for s in cfg.stages]
         assert cfg.stages[-1].objective == "distill"
         assert all(s.steps > 0 for s in cfg.stages)
 
@@ -41,11 +45,11 @@ def test_tiny_backbone_small_plan(tmp_path):
 def test_smollm2_plan_reads_from_layer_b_to_the_top_at_the_full_learning_rate(tmp_path):
     cfg = plan(tmp_path, "smollm2", "small")
     assert (cfg.model.b, cfg.model.t) == (7, 29)  # SmolLM2-135M has 30 layers
+    assert (cfg.cached_warmup.steps, cfg.cached_warmup.batch_size, cfg.cached_warmup.lr) == (300, 64, 1e-3)
     assert stages(cfg) == [
-        ("warmup", "nce", 260, 0.0, 1.0, False),
         ("read", "lm", 130, 1.0, 1.0, True),
         ("distill", "distill", 40, 1.0, 0.1, False),
     ]
-    assert [s.batch_size for s in cfg.stages] == [64, 16, 16]
+    assert [s.batch_size for s in cfg.stages] == [16, 16]
     assert (cfg.optim.lr, cfg.optim.schedule) == (1e-4, "constant")
-    assert cfg.loss.nce_tau == cfg.loss.tau_r == 8.0
+    assert cfg.loss.nce_tau == cfg.loss.tau_r == 1.0

@@ -13,7 +13,16 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_dir) -> ImpRAG:
-    return ImpRAG.from_pretrained(smollm2_dir)
+    m = ImpRAG.from_pretrained(smollm2_dir)
+    m.calibrate(  # the default retrieval state subtracts label-free means (imprag index computes them)
+        [
+            "Paris: Paris is the capital and largest city of France.",
+            "Tokyo: a city in Japan.",
+            "Hamlet: a tragedy by William Shakespeare.",
+            "Seine: a river that flows through Paris.",
+        ]
+    )
+    return m
 
 
 def test_loads_with_the_paper_split(smollm2):
