@@ -368,6 +368,12 @@ def test_imprag_train_with_the_cached_warmup_alone(tmp_path):
     }
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows and rows[-1]["stage"] == "cached_warmup" and "recall@1" in rows[-1]["eval"]
+    # the trainer ranked the dev set with the cache's passage vectors: the same as embedding them anew
+    from imprag.train.data import load_passages
+    from imprag.train.evaluate import dev_recall, load_dev
+
+    dev = load_dev(cfg.eval, load_passages(cfg.data.passages))
+    assert rows[-1]["eval"] == dev_recall(trained, dev, cfg.eval.k)
     # a second run reuses every cached chunk (same files, untouched)
     stamps = {c: c.stat().st_mtime_ns for c in chunks}
     cfg.out, cfg.overwrite = str(tmp_path / "run2"), True

@@ -80,12 +80,18 @@ def load_dev(cfg: EvalConfig, passages: dict[str, str], on_error: str = "fail") 
 
 
 @torch.no_grad()
-def dev_recall(model: ImpRAG, dev: DevSet, ks: list[int], batch_size: int = 64) -> dict[str, float]:
-    """{"recall@k": ..., "chance@k": k / index size} with the model's current weights."""
+def dev_recall(
+    model: ImpRAG, dev: DevSet, ks: list[int], batch_size: int = 64, passage_vectors=None
+) -> dict[str, float]:
+    """{"recall@k": ..., "chance@k": k / index size} with the model's current weights. `passage_vectors`:
+    {id: (D,)} already computed with these weights (the cached warmup's), used instead of embedding."""
     was_training = model.lm.training
     model.lm.eval()
     try:
-        P = model.embed_passages(dev.index_texts, batch_size=batch_size)  # (N, D)
+        if passage_vectors is not None:
+            P = torch.stack([passage_vectors[i] for i in dev.index_ids])
+        else:
+            P = model.embed_passages(dev.index_texts, batch_size=batch_size)  # (N, D)
         Q = model.embed_queries(dev.prompts, batch_size=batch_size)  # (B, D)
     finally:
         model.lm.train(was_training)

@@ -102,6 +102,9 @@ class _Trainer:
     def __init__(self, cfg: TrainConfig, env: DistEnv):
         self.cfg, self.env = cfg, env
         self.out = Path(cfg.out)
+        # {passage id: search vector} from the cached warmup, valid until a stage moves the retrieval path
+        self.passage_vectors: dict[str, torch.Tensor] | None = None
+        self._plans: list[StagePlan] = []
 
     # ------------------------------------------------------------------ setup
     def _resume_point(self) -> Path | None:
@@ -145,7 +148,9 @@ class _Trainer:
         if cfg.cached_warmup.steps and (ckpt is None or cfg.lora.enabled):
             from imprag.train.retrieval_cache import run_cached_warmup
 
-            run_cached_warmup(model, cfg, mixture.retrieval, passages, self.env, self.out)
+            self.passage_vectors = run_cached_warmup(
+                model, cfg, mixture.retrieval, passages, self.env, self.out
+            )
         elif model.config.calibration != "none" and model.calibration is None:
             self._calibrate(model, mixture, passages)
         if cfg.lora.enabled:
@@ -309,6 +314,7 @@ class _Trainer:
         passages = load_passages(cfg.data.passages, cfg.data.on_error) if cfg.data.passages else {}
         mixture = Mixture(cfg, passages)
         plans = mixture.plan(env.world_size)
+        self._plans = plans
         total_steps = plans[-1].end if plans else 0  # no stages: the cached warmup alone
         model = self._build_model(ckpt, mixture, passages)
         collator = Collator(
@@ -474,7 +480,9 @@ class _Trainer:
 
                 ctx = unsharded(wrapped)
             with ctx, autocast_context(self.env.device, self.cfg.precision):
-                result = dev_recall(model, dev, self.cfg.eval.k)
+                moved = any(not p.config.freeze_retrieval for p in self._plans if p.start < step)
+                vectors = None if moved else self.passage_vectors
+                result = dev_recall(model, dev, self.cfg.eval.k, passage_vectors=vectors)
         if self.env.is_main and result is not None:
             log.info("dev at step %d: %s", step, ", ".join(f"{k} {v:.3f}" for k, v in result.items()))
             stage = plan.config.name if plan is not None else "cached_warmup"

@@ -251,9 +251,12 @@ def train_cached(
     return losses
 
 
-def run_cached_warmup(model: ImpRAG, cfg, retrieval: list, passages: dict[str, str], env, out: Path) -> None:
+def run_cached_warmup(
+    model: ImpRAG, cfg, retrieval: list, passages: dict[str, str], env, out: Path
+) -> dict[str, torch.Tensor]:
     """The `cached_warmup` section of `imprag train`: cache (rank 0 writes, the others read), then train.
-    Every process runs the same full-batch steps on the same data, so all end with the same weights."""
+    Every process runs the same full-batch steps on the same data, so all end with the same weights.
+    Returns every passage's search vector under the trained weights ({id: (D,)}), exact by linearity."""
     from imprag.model.calibration import calibration_prompts, template_key
 
     cw = cfg.cached_warmup
@@ -311,3 +314,6 @@ def run_cached_warmup(model: ImpRAG, cfg, retrieval: list, passages: dict[str, s
         losses[0],
         losses[-1],
     )
+    with torch.no_grad():
+        vectors = model.finish_vectors(RetrievalHead(model).states(p_u, "k"), "k").float().cpu()
+    return dict(zip(passages, vectors))
