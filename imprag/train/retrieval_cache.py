@@ -1,7 +1,7 @@
 """The cheap retrieval warmup: layers 0..b-1 frozen, their outputs cached once, layer b's input norm and
 q/k projections trained from the cache with every passage of the corpus as a negative.
 
-With "mean" or "last" pooling, states before RoPE and no per-head q/k norm, a pooled state is linear in
+With any pooling ("content", "mean", "last"), states before RoPE and no per-head q/k norm, a pooled state is linear in
 the pooled *normalised* layer-b input: mean_t W (g * n(h_t)) = W (g * mean_t n(h_t)), where n is RMSNorm
 without its weight g. So each passage and prompt is cached as one vector u (H,) and a training step is a
 few matrix products over all of them: the softmax runs over the whole corpus exactly (global negatives),
@@ -62,7 +62,8 @@ def pooled_inputs(
     hidden, _ = model._bottom(input_ids, attention_mask, offset)  # (B, T, H)
     norm = get(model.layers[model.config.b], model.spec.input_norm)
     h = hidden.float()
-    n = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))
+    n = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     w = model._pool_mask(attention_mask, token_index, content).float()[..., None]  # (B, T, 1)
     return (n * w).sum(1) / w.sum(1).clamp(min=1)
 
