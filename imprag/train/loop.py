@@ -447,7 +447,13 @@ class _Trainer:
                 bar.close()
         moved = [p for p in plans if p.start < done and not p.config.freeze_retrieval]
         if moved and model.config.calibration != "none":  # the stages moved the states: fresh means
-            self._calibrate(model, mixture, passages)
+            ctx: Any = nullcontext()
+            if cfg.distributed.strategy == "fsdp" and env.distributed:
+                from imprag.train.fsdp import unsharded
+
+                ctx = unsharded(wrapped)  # every process gathers the root's weights, as _evaluate does
+            with ctx:
+                self._calibrate(model, mixture, passages)
         if dev is not None:
             self._evaluate(dev, model, wrapped, done, plan)
         save_model = self._save_model_fn(model, wrapped)
