@@ -193,7 +193,7 @@ class Demo:
 
     # ---------------------------------------------------------------- steps
     def make_worlds(self) -> None:
-        from imprag.data.world import generate_world
+        from imprag.demo.world import generate_world
 
         self._step(
             "world",
@@ -418,7 +418,7 @@ class Demo:
         return out
 
     def evaluate(self, model_dir: Path, index: Path) -> list[Path]:
-        from imprag.data.world import EVAL_TASKS
+        from imprag.demo.world import EVAL_TASKS
         from imprag.eval.runner import EvalConfig, run_eval
         from imprag.model.imprag import ImpRAG
 
