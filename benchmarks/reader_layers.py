@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from imprag.data.kilt import load_examples
-from imprag.data.world import generate_world
+from imprag.demo.world import generate_world
 from imprag.eval.methods import ra_it_prompt
 from imprag.io import iter_jsonl
 from imprag.model.imprag import ImpRAG

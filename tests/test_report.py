@@ -68,3 +68,16 @@ def test_single_task_has_no_average_and_unknown_tasks_sort_last(tmp_path):
     one = collect([write_run(tmp_path / "b", "imprag", 10, {"nq": (0.4, 0.9)})])
     header = table_rows(format_table(one))[0]
     assert header == ["method", "k", "NQ"]
+
+
+def test_skipped_tasks_are_named_under_the_table_and_in_report_json(tmp_path):
+    from imprag.eval.report import build_report
+
+    run = write_run(tmp_path / "imp", "imprag", 5, {"nq": (0.30, 0.80)})
+    doc = build_report([run], tmp_path / "rep", skipped={"trex": "no tasks/trex/test.jsonl"})
+    text = (tmp_path / "rep" / "table.md").read_text()
+    assert text.endswith("Not evaluated: T-REx (no tasks/trex/test.jsonl).\n")
+    saved = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert saved == doc and saved["skipped"] == {"trex": "no tasks/trex/test.jsonl"}
+    assert saved["rows"][0]["cells"]["nq"]["em"] == 0.30  # rows -> cells -> task -> em as before
+    assert "skipped" not in build_report([run], tmp_path / "rep2")

@@ -1,4 +1,4 @@
-"""Learning: on a small synthetic world (imprag.data.world), a tiny decoder trained from scratch with the
+"""Learning: on a small synthetic world (imprag.demo.world), a tiny decoder trained from scratch with the
 retrieval-only NCE warmup lifts its implicit-query recall@5 on *held-out* dev questions (entities never
 seen in training) far above chance. Pseudo labels: BM25 over the world's passages (real bm25s)."""
 
@@ -11,7 +11,7 @@ import torch
 
 from imprag.data.kilt import load_examples
 from imprag.data.mining import mine
-from imprag.data.world import generate_world
+from imprag.demo.world import generate_world
 from imprag.io import atomic_write_jsonl
 from imprag.model.imprag import ImpRAG
 from imprag.model.tiny import save_tiny

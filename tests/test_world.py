@@ -15,7 +15,7 @@ import pytest
 
 from imprag.cli import main
 from imprag.data.kilt import load_examples
-from imprag.data.world import (
+from imprag.demo.world import (
     ALL_TASKS,
     EVAL_TASKS,
     RETRIEVAL_FREE,
@@ -83,7 +83,7 @@ def test_same_seed_gives_byte_identical_files(world_dir, tmp_path):
 
 def test_output_does_not_depend_on_hash_randomisation(world_dir, tmp_path):
     """A fresh interpreter with another PYTHONHASHSEED writes the same bytes (no set-order leaks)."""
-    code = f"from imprag.data.world import generate_world; generate_world({str(tmp_path / 'w')!r}, seed={SEED}, entities={N})"
+    code = f"from imprag.demo.world import generate_world; generate_world({str(tmp_path / 'w')!r}, seed={SEED}, entities={N})"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
     assert _files(tmp_path / "w") == _files(world_dir)
@@ -320,7 +320,7 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, argv):
 
 def test_half_the_nq_train_questions_carry_a_request_that_no_unseen_instruction_shares(tasks):
     from imprag.data.tasks import AIDA_TEMPLATE, FEVER_TEMPLATE, SLOT_TEMPLATE
-    from imprag.data.world_tasks import QA_REQUESTS
+    from imprag.demo.world_tasks import QA_REQUESTS
 
     train = [r["input"] for r in tasks["nq"]["train"]]
     with_request = [q for q in train if any(q.endswith(" " + x) for x in QA_REQUESTS)]

@@ -1,4 +1,5 @@
-"""`imprag demo`: world -> backbone -> mine -> train -> index -> eval -> report, resumable."""
+"""`imprag demo`: world -> backbone -> mine -> train -> index -> eval -> report, resumable; `--world DIR`
+runs the same on a folder in the world layout (imprag.demo.layout)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--backbone", default="tiny", help="tiny (pretrained here in minutes) or smollm2 (real 135M weights)"
+    )
+    parser.add_argument(
+        "--world",
+        metavar="DIR",
+        default=None,
+        help="run on this folder instead of a generated world: passages.jsonl + tasks/<task>/{train,dev,test}.jsonl "
+        "(KILT; tasks/nq/train and dev with gold provenance required); read only, outputs go under --out",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -33,10 +41,13 @@ def run(args: argparse.Namespace) -> int:
             backbone=args.backbone,
             seed=args.seed,
             train_minutes=args.train_minutes,
+            world=Path(args.world) if args.world else None,
         )
     ).run()
     print(Path(summary["report"]).read_text())
     print(f"chart: {summary['chart']}\n")
+    if summary["skipped"]:
+        print("not evaluated: " + "; ".join(f"{t} ({why})" for t, why in summary["skipped"].items()) + "\n")
     for ex in summary["examples"]:
         print(f"{ex['prompt']}\n  model answered: {ex['answer']!r}   gold: {ex['gold']}")
         for rank, p in enumerate(ex["passages"], 1):

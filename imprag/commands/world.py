@@ -28,7 +28,7 @@ def _int(value: str, flag: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from imprag.data.world import DEFAULT_ENTITIES, check_entities, generate_world
+    from imprag.demo.world import DEFAULT_ENTITIES, check_entities, generate_world
 
     if not args.out:
         raise UserError("--out is required: pass the folder to write the world to, e.g. --out world/")

@@ -3,14 +3,17 @@
 Steps (each writes its result atomically and is skipped when its result exists, so a re-run resumes):
   world     a synthetic knowledge world (passages + KILT task files) for the experiment, and a sibling
             world with other entities that the tiny backbone is pretrained on (so closed-book stays
-            near zero by construction: the test facts were never seen)
+            near zero by construction: the test facts were never seen). With --world DIR, that folder
+            (the world layout, imprag.demo.layout) is checked and used as it is instead, never written
+  free      --world only: the retrieval-free training tasks the folder lacks, built from its passages
   backbone  tiny: a small Llama pretrained on the sibling world's passages and reading-comprehension
             examples; smollm2: the real SmolLM2-135M-Instruct
   mine      BM25 pseudo labels (whole prompt as the query) for the seen QA formats
   train     retrieval warmup (NCE, bottom layers only), the size's joint / reader stages, then
             self-distillation + LM loss
   index     the world's passages embedded by the trained bottom layers
-  eval      imprag, rag-bm25, closed-book and oracle on every format's test split
+  eval      imprag, rag-bm25, closed-book and oracle on every format's test split (a --world folder's
+            missing test splits are skipped, and named in the log, the report and demo.json)
   report    Table-2-shaped markdown + bar chart, and three answered questions
 """
 
@@ -20,15 +23,19 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from imprag.errors import UserError
 
 if TYPE_CHECKING:
+    from imprag.demo.layout import WorldPlan
     from imprag.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
+
+FREE_LIMIT = 2000  # examples per retrieval-free task built from a --world folder's passages
 
 
 @dataclass
@@ -151,9 +158,19 @@ class DemoConfig:
     seed: int = 0
     train_minutes: float | None = None  # a time budget for training (None: the size's step counts)
     methods: list[str] = field(default_factory=lambda: ["imprag", "rag-bm25", "closed-book", "oracle"])
+    # a folder in the world layout (imprag.demo.layout) used in place of the generated world (None: generate)
+    world: Path | None = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        if self.world is not None:
+            self.world = Path(self.world)
+            out, world = self.out.resolve(), self.world.resolve()
+            if out == world or world in out.parents:
+                raise UserError(
+                    f"--out {self.out} is inside --world {self.world}: the world folder is only read; "
+                    "pass an --out outside it"
+                )
         if self.size not in SIZES:
             raise UserError(f"--size must be one of {', '.join(SIZES)} (got {self.size!r})")
         if self.backbone not in ("tiny", "smollm2"):
@@ -182,7 +199,14 @@ class Demo:
 
     @property
     def world(self) -> Path:
-        return self.out / "world"
+        return self.cfg.world if self.cfg.world is not None else self.out / "world"
+
+    @cached_property
+    def plan(self) -> WorldPlan:
+        """What the demo trains and evaluates on; a --world folder is checked here (UserError when unfit)."""
+        from imprag.demo.layout import WorldPlan, inspect_world
+
+        return inspect_world(self.world) if self.cfg.world is not None else WorldPlan.generated(self.world)
 
     @property
     def passages(self) -> Path:
@@ -191,10 +215,19 @@ class Demo:
     def task_file(self, task: str, split: str, world: Path | None = None) -> Path:
         return (world or self.world) / "tasks" / task / f"{split}.jsonl"
 
+    def free_task_file(self, task: str) -> Path:
+        """A retrieval-free task's training file: the world's own, or the one built under --out."""
+        if task in self.plan.build_free:
+            return self.out / "free" / task / "train.jsonl"
+        return self.task_file(task, "train")
+
     # ---------------------------------------------------------------- steps
     def make_worlds(self) -> None:
-        from imprag.data.world import generate_world
+        from imprag.demo.world import generate_world
 
+        if self.cfg.world is not None:
+            log.info("[world] %s as given (not generated, not written)", self.world)
+            return
         self._step(
             "world",
             self.world / "world.json",
@@ -217,7 +250,7 @@ class Demo:
             return path
         init = self.out / "backbone" / "init"
         self._step("backbone", init / "imprag.json", self._tiny_init)
-        if self.size.pretrain_steps == 0:
+        if self.size.pretrain_steps == 0 or self.cfg.world is not None:  # a given world has no sibling
             return init
         final = self.out / "backbone" / "final"
         self._step("pretrain", final / "imprag.json", self._pretrain_tiny)
@@ -299,24 +332,48 @@ class Demo:
             )
         )
 
+    def make_free_tasks(self) -> None:
+        """Build the retrieval-free training tasks a --world folder lacks (imprag.data.retrieval_free)."""
+        for task in self.plan.build_free:
+            self._step(f"free {task}", self.free_task_file(task), lambda task=task: self._build_free(task))
+
+    def _build_free(self, task: str) -> None:
+        import random
+
+        from imprag.data import retrieval_free as rf
+        from imprag.data.kilt import load_examples
+        from imprag.io import atomic_write_jsonl, iter_jsonl
+
+        passages = [obj for _, obj in iter_jsonl(self.passages)]
+        seed = self.cfg.seed
+        if task == "rc":
+            by_id = {str(p["id"]): p for p in passages}
+            rows = rf.rc_rows(load_examples(self.task_file("nq", "train"), "nq"), by_id, seed, FREE_LIMIT)
+        else:
+            random.Random(f"demo-free:{task}:{seed}").shuffle(passages)  # a sample of a big corpus
+            build = rf.denoise_rows if task == "denoise" else rf.nextsent_rows
+            rows = build(passages, seed, FREE_LIMIT)
+        if not rows:
+            log.warning("[free %s] no passage gave an example: %s is left out of training", task, task)
+        atomic_write_jsonl(self.free_task_file(task), rows)
+
     def mine(self) -> list[Path]:
         from imprag.data.kilt import load_examples
         from imprag.data.mining import mine
         from imprag.io import atomic_write_jsonl
 
         paths = []
-        for task in ("nq", "hotpotqa"):
-            for split in ("train", "dev"):
-                out = self.out / "mined" / f"{task}-{split}.jsonl"
-                paths.append(out)
+        for task, split in self.plan.mine:
+            out = self.out / "mined" / f"{task}-{split}.jsonl"
+            paths.append(out)
 
-                def run(task=task, split=split, out=out):
-                    examples = load_examples(self.task_file(task, split), task)
-                    atomic_write_jsonl(
-                        out, mine(examples, self.passages, "bm25", top_k=50, cache_dir=self.out / "cache")
-                    )
+            def run(task=task, split=split, out=out):
+                examples = load_examples(self.task_file(task, split), task)
+                atomic_write_jsonl(
+                    out, mine(examples, self.passages, "bm25", top_k=50, cache_dir=self.out / "cache")
+                )
 
-                self._step(f"mine {task}/{split}", out, run)
+            self._step(f"mine {task}/{split}", out, run)
         return paths
 
     def train_config(self, backbone: Path) -> TrainConfig:
@@ -336,8 +393,11 @@ class Demo:
         s = self.size
         out = self.out / "train"
         mined = self.out / "mined"
+        # a task built from a --world folder's passages that gave no example is left out
         free = [
-            SourceConfig(path=str(self.task_file(t, "train")), task=t) for t in ("rc", "denoise", "nextsent")
+            SourceConfig(path=str(path), task=t)
+            for t in ("rc", "denoise", "nextsent")
+            if not _empty_file(path := self.free_task_file(t))
         ]
         warmup = StageConfig(
             name="warmup", objective="nce", steps=s.warmup_steps, lm_weight=0.0, batch_size=s.warmup_batch
@@ -364,10 +424,7 @@ class Demo:
             model=ModelConfig(path=str(backbone), b=s.b, t=s.t),
             data=DataConfig(
                 passages=str(self.passages),
-                retrieval=[
-                    SourceConfig(path=str(mined / "nq-train.jsonl")),
-                    SourceConfig(path=str(mined / "hotpotqa-train.jsonl")),
-                ],
+                retrieval=[SourceConfig(path=str(mined / f"{t}-train.jsonl")) for t in self.plan.train],
                 retrieval_free=free,
                 retrieval_ratio=0.7,
                 retrieval_free_ratio=0.3,
@@ -418,14 +475,15 @@ class Demo:
         return out
 
     def evaluate(self, model_dir: Path, index: Path) -> list[Path]:
-        from imprag.data.world import EVAL_TASKS
         from imprag.eval.runner import EvalConfig, run_eval
         from imprag.model.imprag import ImpRAG
 
+        for task, why in self.plan.skipped.items():
+            log.info("[eval] %s skipped: %s", task, why)
         model = ImpRAG.from_pretrained(model_dir, device=self.device)
         runs = []
         for method in self.cfg.methods:
-            for task in EVAL_TASKS:
+            for task in self.plan.evaluate:
                 out = self.out / "eval" / f"{method}-{task}"
                 runs.append(out)
                 cfg = EvalConfig(
@@ -455,7 +513,9 @@ class Demo:
         self._step(
             "report",
             out / "table.md",
-            lambda: build_report(list[str | Path](runs), out, title=f"imprag demo ({self.cfg.size})"),
+            lambda: build_report(
+                list[str | Path](runs), out, title=f"imprag demo ({self.cfg.size})", skipped=self.plan.skipped
+            ),
         )
         return out
 
@@ -468,7 +528,8 @@ class Demo:
 
         model = ImpRAG.from_pretrained(model_dir, device=self.device)
         idx = Index.load(index, model=model)
-        examples = load_examples(self.task_file("nq", "test"), "nq", limit=n)
+        task = "nq" if "nq" in self.plan.evaluate else self.plan.evaluate[0]
+        examples = load_examples(self.task_file(task, "test"), task, limit=n)
         answers = answer(
             model, idx, [e.prompt for e in examples], k=self.size.k, max_new_tokens=16, stop=["\n"]
         )
@@ -490,8 +551,11 @@ class Demo:
 
     def run(self) -> dict[str, Any]:
         start = time.perf_counter()
+        if self.cfg.world is not None:  # the folder is checked (self.plan) before any work
+            log.info("[world] %s: evaluating %s", self.world, ", ".join(self.plan.evaluate))
         self.out.mkdir(parents=True, exist_ok=True)
         self.make_worlds()
+        self.make_free_tasks()
         backbone = self.make_backbone()
         self.mine()
         model_dir = self.train(backbone)
@@ -503,6 +567,8 @@ class Demo:
             "size": self.cfg.size,
             "backbone": self.cfg.backbone,
             "device": _device_name(self.device),
+            "world": str(self.world),
+            "skipped": self.plan.skipped,
             "seconds": round(time.perf_counter() - start, 1),
             "step_seconds": {k: round(v, 1) for k, v in self.timings.items()},
             "report": str(report / "table.md"),
@@ -513,6 +579,10 @@ class Demo:
 
         atomic_write_json(self.out / "demo.json", summary)
         return summary
+
+
+def _empty_file(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size == 0
 
 
 def _cuda() -> bool:

@@ -8,6 +8,7 @@ the same task, the later one gets its own row labelled with its folder name.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,14 +232,25 @@ def plot(rows: list[Row], path: str | Path, title: str = "ImpRAG evaluation") ->
 
 
 def build_report(
-    run_dirs: list[str | Path], out: str | Path, title: str = "ImpRAG evaluation"
+    run_dirs: list[str | Path],
+    out: str | Path,
+    title: str = "ImpRAG evaluation",
+    skipped: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Write out/table.md, out/chart.png and out/report.json; return the report document."""
+    """Write out/table.md, out/chart.png and out/report.json; return the report document.
+
+    `skipped`: task -> why it was not evaluated, named under the table and kept in report.json."""
     from imprag.io import atomic_write_json, atomic_write_text
 
     rows = collect(run_dirs)
     out = Path(out)
     table = format_table(rows, title)
+    if skipped:
+        table += (
+            "Not evaluated: "
+            + "; ".join(f"{DISPLAY.get(t, t)} ({why})" for t, why in skipped.items())
+            + ".\n"
+        )
     atomic_write_text(out / "table.md", table)
     plot(rows, out / "chart.png", title)
     doc = {
@@ -255,5 +267,7 @@ def build_report(
             for r in rows
         ],
     }
+    if skipped:
+        doc["skipped"] = dict(skipped)
     atomic_write_json(out / "report.json", doc)
     return doc

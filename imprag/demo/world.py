@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imprag.data.world_graph import KINDS, SPLITS, World, build_graph
-from imprag.data.world_tasks import make_tasks
-from imprag.data.world_text import render_world
+from imprag.demo.world_graph import KINDS, SPLITS, World, build_graph
+from imprag.demo.world_tasks import make_tasks
+from imprag.demo.world_text import render_world
 from imprag.errors import UserError
 from imprag.io import atomic_write_json, atomic_write_text
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from imprag.data.world_names import NameMaker, initials
+from imprag.demo.world_names import NameMaker, initials
 
 KINDS = ("country", "city", "person", "org", "work")
 SPLITS = ("train", "dev", "test")

@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from imprag.data.world_graph import (
+from imprag.demo.world_graph import (
     AUTHOR_LABEL,
     GENRES,
     OCCUPATIONS,
@@ -23,8 +23,8 @@ from imprag.data.world_graph import (
     Entity,
     World,
 )
-from imprag.data.world_names import article
-from imprag.data.world_text import display, work_phrases
+from imprag.demo.world_names import article
+from imprag.demo.world_text import display, work_phrases
 from imprag.passage import passage_text
 
 Record = dict[str, Any]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import random
 
-from imprag.data.world_graph import Entity, World
-from imprag.data.world_names import article
+from imprag.demo.world_graph import Entity, World
+from imprag.demo.world_names import article
 
 MIN_WORDS, MAX_WORDS = 40, 90
 
