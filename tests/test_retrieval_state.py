@@ -353,6 +353,7 @@ def test_imprag_train_with_the_cached_warmup_alone(tmp_path):
     model = make_model(tmp_path, corpus["texts"])
     cfg = small_config(tmp_path, corpus, model, out=str(tmp_path / "run"))
     cfg.stages, cfg.cached_warmup.steps, cfg.cached_warmup.batch_size = [], 5, 8
+    cfg.cached_warmup.title_queries = 10  # label-free pseudo-queries from the passages' titles
     cfg.eval.dev = str(corpus["dev"])
     final = train(cfg)
     chunks = sorted((tmp_path / "run" / "cache").rglob("*.pt"))
@@ -360,6 +361,7 @@ def test_imprag_train_with_the_cached_warmup_alone(tmp_path):
     trained = ImpRAG.from_pretrained(final)
     base = ImpRAG.from_pretrained(model, b=1, t=2, k=2, l_max=24)
     assert trained.calibration is not None and "qa" in trained.calibration.query
+    assert "title" not in trained.calibration.query  # a training device, not a prompt format
     changed = {n for n, p in trained.lm.named_parameters() if not torch.equal(p, base.lm.get_parameter(n))}
     assert changed == {
         "model.layers.1.input_layernorm.weight",
@@ -382,3 +384,12 @@ def test_imprag_train_with_the_cached_warmup_alone(tmp_path):
     assert {c: c.stat().st_mtime_ns for c in chunks} == stamps
     again = ImpRAG.from_pretrained(final2)
     assert_close(again.embed_queries(PROMPTS), trained.embed_queries(PROMPTS))
+
+
+def test_title_queries_group_the_passages_of_a_title():
+    from imprag.train.retrieval_cache import title_queries
+
+    texts = ["Paris: a city.", "Berlin: a city.", "Paris: on the Seine.", "no title in this one"]
+    got = title_queries(texts, 10)
+    assert sorted(got) == [("Q: Berlin A:", [1]), ("Q: Paris A:", [0, 2])]
+    assert len(title_queries(texts, 1)) == 1 and title_queries(texts, 0) == []

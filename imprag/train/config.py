@@ -117,6 +117,12 @@ class CachedWarmupConfig:
     labels: Literal["mined", "gold"] = option(
         "mined", "positives: the top data.positives mined candidates, or the gold passages"
     )
+    title_queries: int = option(
+        0,
+        "add up to N label-free pseudo-queries 'Q: <title> A:' made from the passages' titles (positives: "
+        "every passage with that title); 0: off",
+    )
+    title_share: float = option(0.6, "share of the training rows that are title pseudo-queries")
     cache_dir: str | None = option(None, "where the cached layer-b inputs go (default: OUT/cache)")
 
 
@@ -267,6 +273,10 @@ class TrainConfig:
                 if v is not None and v < 1:
                     raise UserError(f"--stages.{i}.{name} must be at least 1 (got {v})")
         cw = self.cached_warmup
+        if cw.title_queries < 0 or not 0 < cw.title_share < 1:
+            raise UserError(
+                "--cached_warmup.title_queries must be >= 0 and --cached_warmup.title_share in (0, 1)"
+            )
         if cw.steps < 0 or cw.batch_size < 1 or cw.lr <= 0 or cw.weight_decay < 0:
             raise UserError(
                 "--cached_warmup.steps must be >= 0, --cached_warmup.batch_size >= 1, --cached_warmup.lr > 0"

@@ -252,6 +252,26 @@ def train_cached(
     return losses
 
 
+TITLE = "title"  # the calibration key of title pseudo-queries while training
+
+
+def title_queries(texts: list[str], n: int, seed: int = 0) -> list[tuple[str, list[int]]]:
+    """Up to n label-free pseudo-queries from passages read as "Title: text": ("Q: <title> A:", the rows of
+    every passage with that title), titles drawn at random (seeded)."""
+    from imprag.data.tasks import QA_TEMPLATE
+
+    if n <= 0:
+        return []
+    by_title: dict[str, list[int]] = {}
+    for i, text in enumerate(texts):
+        head, sep, _ = text[:200].partition(": ")
+        if sep and head.strip():
+            by_title.setdefault(head.strip(), []).append(i)
+    names = sorted(by_title)
+    random.Random(seed).shuffle(names)
+    return [(QA_TEMPLATE.format(question=t), by_title[t]) for t in names[:n]]
+
+
 def run_cached_warmup(
     model: ImpRAG, cfg, retrieval: list, passages: dict[str, str], env, out: Path
 ) -> dict[str, torch.Tensor]:
@@ -274,6 +294,7 @@ def run_cached_warmup(
     if not examples:
         raise UserError(f"cached_warmup: no retrieval example has a {cw.labels} passage in data.passages")
     texts = list(passages.values())
+    titles = title_queries(texts, cw.title_queries, cfg.seed)
     extra = calibration_prompts(texts[:: max(1, len(texts) // 2048)], per_template=64, seed=cfg.seed)
     extra_texts = [p for v in extra.values() for p in v]
 
@@ -281,17 +302,21 @@ def run_cached_warmup(
         p_u = build_cache(model, texts, "k", cache / "passages", desc="cache passages")
         q_u = build_cache(model, [p for p, _ in examples], "q", cache / "prompts", desc="cache prompts")
         e_u = build_cache(model, extra_texts, "q", cache / "calibration", desc="cache calibration")
-        return p_u, q_u, e_u
+        t_u = build_cache(model, [p for p, _ in titles], "q", cache / "titles", desc="cache titles")
+        return p_u, q_u, e_u, t_u
 
     if env.is_main:
-        p_u, q_u, e_u = build(True)
+        p_u, q_u, e_u, t_u = build(True)
     env.barrier()
     if not env.is_main:
-        p_u, q_u, e_u = build(False)
+        p_u, q_u, e_u, t_u = build(False)
+    # the real examples repeated so that title pseudo-queries make up about `title_share` of the rows
+    share = cw.title_share
+    reps = max(1, round(len(titles) * (1 - share) / (share * len(examples)))) if titles else 1
     data = CachedData(
-        q_u,
-        [template_key(p) for p, _ in examples],
-        [r for _, r in examples],
+        torch.cat([q_u] * reps + [t_u]),
+        [template_key(p) for p, _ in examples] * reps + [TITLE] * len(titles),
+        [r for _, r in examples] * reps + [r for _, r in titles],
         p_u,
         e_u,
         [k for k, v in extra.items() for _ in v],
@@ -315,6 +340,8 @@ def run_cached_warmup(
         losses[0],
         losses[-1],
     )
+    if model.calibration is not None:
+        model.calibration.query.pop(TITLE, None)  # a training device, not a prompt format
     with torch.no_grad():
         vectors = model.finish_vectors(RetrievalHead(model).states(p_u, "k"), "k").float().cpu()
     return dict(zip(passages, vectors))
