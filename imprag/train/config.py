@@ -118,9 +118,10 @@ class CachedWarmupConfig:
         "mined", "positives: the top data.positives mined candidates, or the gold passages"
     )
     title_queries: int = option(
-        0,
+        20000,
         "add up to N label-free pseudo-queries 'Q: <title> A:' made from the passages' titles (positives: "
-        "every passage with that title); 0: off",
+        "every passage with that title; measured: demo-world dev recall@5 0.945 -> 0.995, real NQ answer "
+        "recall@10 0.586 -> 0.758); 0: off",
     )
     title_share: float = option(0.6, "share of the training rows that are title pseudo-queries")
     cache_dir: str | None = option(None, "where the cached layer-b inputs go (default: OUT/cache)")

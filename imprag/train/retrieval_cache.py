@@ -70,7 +70,13 @@ def pooled_inputs(
 
 @torch.no_grad()
 def build_cache(
-    model: ImpRAG, texts: list[str], kind: str, path: Path | None = None, batch_size: int = 16, desc: str = ""
+    model: ImpRAG,
+    texts: list[str],
+    kind: str,
+    path: Path | None = None,
+    batch_size: int = 16,
+    desc: str = "",
+    progress: bool = True,
 ) -> torch.Tensor:
     """(N, H) pooled inputs of prompts ("q") or passages ("k"), in chunks saved under `path` (resumable:
     finished chunks are reused; a chunk is written atomically)."""
@@ -81,7 +87,9 @@ def build_cache(
     digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:12]  # other texts: other files
     if path is not None:
         path.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(texts), desc=desc or f"cache {kind}", unit="text", dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        total=len(texts), desc=desc or f"cache {kind}", unit="text", dynamic_ncols=True, disable=not progress
+    )
     for c in range(0, len(texts), chunk):
         file = path / f"{kind}-{digest}-{c // chunk:05d}.pt" if path is not None else None
         if file is not None and file.exists():
@@ -299,14 +307,19 @@ def run_cached_warmup(
     extra_texts = [p for v in extra.values() for p in v]
 
     def build(show: bool):
-        p_u = build_cache(model, texts, "k", cache / "passages", desc="cache passages")
-        q_u = build_cache(model, [p for p, _ in examples], "q", cache / "prompts", desc="cache prompts")
-        e_u = build_cache(model, extra_texts, "q", cache / "calibration", desc="cache calibration")
-        t_u = build_cache(model, [p for p, _ in titles], "q", cache / "titles", desc="cache titles")
-        return p_u, q_u, e_u, t_u
+        def one(rows: list[str], kind: str, name: str) -> torch.Tensor:
+            return build_cache(model, rows, kind, cache / name, desc=f"cache {name}", progress=show)
 
-    if env.is_main:
-        p_u, q_u, e_u, t_u = build(True)
+        return (
+            one(texts, "k", "passages"),
+            one([p for p, _ in examples], "q", "prompts"),
+            one(extra_texts, "q", "calibration"),
+            one([p for p, _ in titles], "q", "titles"),
+        )
+
+    show = cfg.progress
+    if env.is_main:  # the others wait, then read the finished chunks
+        p_u, q_u, e_u, t_u = build(show)
     env.barrier()
     if not env.is_main:
         p_u, q_u, e_u, t_u = build(False)
