@@ -279,10 +279,9 @@ class ImpRAG:
         limit = self.prompt_window(True, max_new_tokens)
         rows = self._tokenize(prompts)
         flags = content_flags(self.tokenizer, prompts) if self.config.pooling == "content" else None
-        if flags is None or any(len(f) != len(r) for f, r in zip(flags, rows)):
-            ids, mask = self._pad([self._truncate_prompt(r, limit) for r in rows], "left")
-            return ids, mask, None
         ids, mask = self._pad([self._truncate_prompt(r, limit) for r in rows], "left")
+        if flags is None or any(len(f) != len(r) for f, r in zip(flags, rows)):
+            return ids, mask, None
         kept = [self._kept_positions(r, limit) for r in rows]  # the same cut for the flags
         content, _ = self._pad([[int(f[i]) for i in k] for f, k in zip(flags, kept)], "left")
         return ids, mask, content.bool() & mask.bool()
