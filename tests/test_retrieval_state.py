@@ -393,3 +393,17 @@ def test_title_queries_group_the_passages_of_a_title():
     got = title_queries(texts, 10)
     assert sorted(got) == [("Q: Berlin A:", [1]), ("Q: Paris A:", [0, 2])]
     assert len(title_queries(texts, 1)) == 1 and title_queries(texts, 0) == []
+
+
+@pytest.mark.parametrize("pooling", ["content", "mean", "last"])
+def test_every_retrieval_option_is_a_config_value(tmp_path, pooling):
+    from imprag.config_io import load_config
+    from imprag.train.config import TrainConfig
+
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        f"model:\n  path: m\n  pooling: {pooling}\n  similarity: dot\n  temperature: 0.1\n  calibration: mean\n"
+        "stages: [{name: r, objective: lm, steps: 1, lm_weight: 1.0}]\n"
+    )
+    m = load_config(TrainConfig, f).model
+    assert (m.pooling, m.similarity, m.temperature, m.calibration) == (pooling, "dot", 0.1, "mean")

@@ -5,6 +5,7 @@ every prompt of that format shares; both swamp the content (measured in docs/ben
 states on real backbones"). Calibration subtracts a mean: one for passages, and one per prompt format for
 queries. A prompt's format is recognised from the task templates (`imprag.data.tasks`); a prompt that
 matches none uses the "free" mean. Every mean is computed without labels, from prompts and passages alone.
+The same template match marks a prompt's content tokens for "content" pooling (`content_flags`).
 Shapes: D = h_k * d (the retrieval vector size).
 """
 

@@ -20,7 +20,7 @@ CALIBRATIONS = ("template", "mean", "none")
 # The paper's retrieval state (last token, dot product, nothing subtracted): what an imprag.json written
 # before these options existed meant, and one flag set away (`--pooling last --similarity dot
 # --calibration none`). The defaults were chosen by measurement (docs/benchmarks.md).
-PAPER_RETRIEVAL = {"pooling": "last", "similarity": "dot", "calibration": "none"}
+PAPER_RETRIEVAL: dict[str, Any] = {"pooling": "last", "similarity": "dot", "calibration": "none"}
 
 
 @dataclass

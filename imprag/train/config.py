@@ -25,8 +25,9 @@ class ModelConfig:
     l_max: int | None = option(None, "max tokens per passage")
     state: Literal["pre_rope", "post_rope"] | None = option(None, "retrieval vectors before/after RoPE")
     reader: Literal["concat", "independent"] | None = option(None, "how the passages are read")
-    pooling: Literal["mean", "last"] | None = option(
-        None, "retrieval state pooled over tokens, or the last's"
+    pooling: Literal["content", "mean", "last"] | None = option(
+        None,
+        "retrieval state averaged over the prompt's content tokens, over all tokens, or the last token's",
     )
     similarity: Literal["cosine", "dot"] | None = option(
         None, "retrieval score: cosine / temperature, or dot"
