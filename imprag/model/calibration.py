@@ -58,7 +58,7 @@ def template_key(prompt: str) -> str:
     return FREE
 
 
-def calibration_prompts(passages: list[str], per_template: int = 128, seed: int = 0) -> dict[str, list[str]]:
+def calibration_prompts(passages: list[str], per_template: int = 64, seed: int = 0) -> dict[str, list[str]]:
     """Prompts of every known format, their slots filled from the passages (no labels needed).
 
     Passages read "Title: text": an entity slot gets a title, a relation slot a few words, a statement or
