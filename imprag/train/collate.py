@@ -90,11 +90,11 @@ class Collator:
         tokenizer's prefix is a target)."""
         plain = plain or [False] * len(prompts)
         qa_prompts, qa_flags = self._prompt_rows([p for p, f in zip(prompts, plain) if not f])
-        p_flags: list[list[bool]] = []
-        if qa_flags is not None:
-            p_flags = []
-            for f in plain:
-                p_flags.append([False] * len(self.prefix) if f else qa_flags.pop(0))
+        p_flags = (
+            [[False] * len(self.prefix) if f else qa_flags.pop(0) for f in plain]
+            if qa_flags is not None
+            else []
+        )
         p_ids = [list(self.prefix) if f else qa_prompts.pop(0) for f in plain]
         r_ids: list[list[int]] = []
         text_rows = self.text_ids([r for r, f in zip(responses, plain) if f])

@@ -445,8 +445,9 @@ class _Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        moved = [p for p in plans if p.start < done and not p.config.freeze_retrieval]
-        if moved and model.config.calibration != "none":  # the stages moved the states: fresh means
+        if (
+            self._retrieval_moved(done) and model.config.calibration != "none"
+        ):  # the stages moved the states: fresh means
             ctx: Any = nullcontext()
             if cfg.distributed.strategy == "fsdp" and env.distributed:
                 from imprag.train.fsdp import unsharded
@@ -467,6 +468,10 @@ class _Trainer:
         env.barrier()
         return final
 
+    def _retrieval_moved(self, step: int) -> bool:
+        """Did a stage that can change the retrieval path run before `step`?"""
+        return any(not p.config.freeze_retrieval for p in self._plans if p.start < step)
+
     def _out_of_time(self, elapsed_s: float) -> bool:
         """True once `max_minutes` of training time have passed on any process (all agree, so all stop)."""
         if self.cfg.max_minutes is None:
@@ -486,8 +491,7 @@ class _Trainer:
 
                 ctx = unsharded(wrapped)
             with ctx, autocast_context(self.env.device, self.cfg.precision):
-                moved = any(not p.config.freeze_retrieval for p in self._plans if p.start < step)
-                vectors = None if moved else self.passage_vectors
+                vectors = None if self._retrieval_moved(step) else self.passage_vectors
                 result = dev_recall(model, dev, self.cfg.eval.k, passage_vectors=vectors)
         if self.env.is_main and result is not None:
             log.info("dev at step %d: %s", step, ", ".join(f"{k} {v:.3f}" for k, v in result.items()))

@@ -185,18 +185,26 @@ def _input_means(data: CachedData, mode: str) -> dict[str, torch.Tensor]:
     return means
 
 
-def calibrated_scores(head: RetrievalHead, data: CachedData, rows: torch.Tensor, tau: float):
+def cache_calibration(head: RetrievalHead, p: torch.Tensor, u_means: dict[str, torch.Tensor]) -> Calibration:
+    """The exact means under the current weights: of the passage states p (N, D), and per key the state of
+    its prompts' mean input (`_input_means`, constant while layers below b are frozen)."""
+    names = list(u_means)
+    q_means = head.states(torch.stack([u_means[k] for k in names]), "q")  # (K, D)
+    return Calibration(p.mean(0), dict(zip(names, q_means)))
+
+
+def calibrated_scores(
+    head: RetrievalHead, data: CachedData, rows: torch.Tensor, tau: float, u_means=None
+) -> tuple[torch.Tensor, Calibration | None]:
     """Scores (B, N) of training prompts `rows` against every passage, calibrated with the exact means of
-    the whole cache, and the Calibration those means make."""
+    the whole cache, and the Calibration those means make. `u_means`: `_input_means(data, ...)`, when the
+    caller has it already."""
     cfg = head.model.config
     p = head.states(data.passage_u, "k")  # (N, D)
     q = head.states(data.prompt_u[rows], "q")  # (B, D)
     cal = None
     if cfg.calibration != "none":
-        u_means = _input_means(data, cfg.calibration)
-        names = list(u_means)
-        q_means = head.states(torch.stack([u_means[k] for k in names]), "q")  # (K, D)
-        cal = Calibration(p.mean(0), dict(zip(names, q_means)))
+        cal = cache_calibration(head, p, u_means or _input_means(data, cfg.calibration))
         p = p - cal.passage
         q = q - torch.stack([cal.query[_key(data.keys[i], cfg.calibration)] for i in rows.tolist()])
     if cfg.similarity == "cosine":
@@ -230,6 +238,7 @@ def train_cached(
     gen = random.Random(seed)
     order: list[int] = []
     N = data.passage_u.shape[0]
+    u_means = _input_means(data, model.config.calibration)  # the inputs are fixed: their means too
     losses = []
     bar = tqdm(range(steps), desc="cached warmup", unit="step", disable=not progress, dynamic_ncols=True)
     for _ in bar:
@@ -238,7 +247,7 @@ def train_cached(
             gen.shuffle(more)
             order += more
         rows, order = order[:batch_size], order[batch_size:]
-        scores, _ = calibrated_scores(head, data, torch.tensor(rows), tau)
+        scores, _ = calibrated_scores(head, data, torch.tensor(rows), tau, u_means)
         pos = torch.zeros((len(rows), N), dtype=torch.bool)
         for i, r in enumerate(rows):
             pos[i, data.positives[r]] = True
@@ -253,10 +262,9 @@ def train_cached(
             raise UserError(f"the cached warmup diverged (loss {losses[-1]}); lower its learning rate")
     for prm, flag in zip(params, flags):
         prm.requires_grad_(flag)
-    with torch.no_grad():
-        _, cal = calibrated_scores(head, data, torch.arange(len(data.keys)), tau)
-    if cal is not None:
-        model.calibration = cal
+    if model.config.calibration != "none":
+        with torch.no_grad():
+            model.calibration = cache_calibration(head, head.states(data.passage_u, "k"), u_means)
     return losses
 
 
