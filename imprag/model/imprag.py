@@ -558,12 +558,15 @@ class ImpRAG:
     @torch.no_grad()
     def embed_queries(self, prompts: list[str], batch_size: int = 32) -> torch.Tensor:
         """(B, h_k*d) float32 on CPU: the implicit query of each prompt."""
+        raw = self._embed_query_states(prompts, batch_size)
+        return self.finish_vectors(raw, "q", [template_key(p) for p in prompts])
+
+    def _embed_query_states(self, prompts: list[str], batch_size: int = 32) -> torch.Tensor:
+        """(B, h_k*d) float32 on CPU: the pooled query states of prompts, before calibration."""
         out = []
         for s in range(0, len(prompts), batch_size):
-            chunk = prompts[s : s + batch_size]
-            ids, mask, content = self.encode_queries(chunk)
-            keys = [template_key(p) for p in chunk]
-            out.append(self.query_vectors(ids, mask, keys=keys, content=content).float().cpu())
+            ids, mask, content = self.encode_queries(prompts[s : s + batch_size])
+            out.append(self.query_states(ids, mask, content=content).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, self.dim)
 
     @torch.no_grad()
@@ -599,11 +602,7 @@ class ImpRAG:
         for key, rows in groups.items():
             if len(rows) < min_prompts:
                 continue
-            states = []
-            for s in range(0, len(rows), batch_size):
-                ids, mask, content = self.encode_queries(rows[s : s + batch_size])
-                states.append(self.query_states(ids, mask, content=content).float().cpu())
-            cal.query[key] = torch.cat(states).mean(0)
+            cal.query[key] = self._embed_query_states(rows, batch_size).mean(0)
             done.append(key)
         return done
 
@@ -626,13 +625,7 @@ class ImpRAG:
             sample = random.Random(seed).sample(sample, max_passages)
         prompts = dict(calibration_prompts(sample, seed=seed), **(prompts or {}))
         p_mean = self._embed_passage_states(sample, batch_size).mean(0)
-        q_means = {}
-        for key, rows in prompts.items():
-            states = []
-            for s in range(0, len(rows), batch_size):
-                ids, mask, content = self.encode_queries(rows[s : s + batch_size])
-                states.append(self.query_states(ids, mask, content=content).float().cpu())
-            q_means[key] = torch.cat(states).mean(0)
+        q_means = {key: self._embed_query_states(rows, batch_size).mean(0) for key, rows in prompts.items()}
         self.calibration = Calibration(p_mean, q_means)
         return self.calibration
 
