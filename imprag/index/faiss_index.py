@@ -127,8 +127,8 @@ class Index:
         with (`imprag index` calibrates a plain backbone from its corpus and stores them here)."""
         from imprag.model.calibration import Calibration
 
-        config = getattr(model, "config", None)
-        if getattr(config, "calibration", "none") != "none" and getattr(model, "calibration", 1) is None:
+        needs = getattr(getattr(model, "config", None), "calibration", "none") != "none"
+        if needs and hasattr(model, "calibration") and model.calibration is None:
             model.calibration = Calibration.load(self.dir)
 
     def check_model(self, model: Any) -> None:
