@@ -370,3 +370,58 @@ def test_bad_input_behaves_as_documented(tok, caplog):
         m.generate(["q"], passages=[["a", "b", "c", "d"]])
     with pytest.raises(UserError, match="max_new_tokens"):
         m.generate(["q"], max_new_tokens=0)
+
+
+@pytest.mark.parametrize("mode", ["concat", "independent"])
+def test_passage_grad_false_equals_detached_passage_states(mode, tok, monkeypatch):
+    """passage_grad=False: the same logits, and the gradient of a forward whose passage key/value are
+    constants (detached here by hand): the reader then learns through the prompt's side only."""
+    m = make("llama", tok, reader=mode)
+    ids, mask = m.encode_prompts(PROMPTS, side="left", with_passages=True)
+    passages = m.tokenize_passages(PASSAGES)
+
+    def grads(**kw) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        m.lm.zero_grad()
+        logits = m.forward(ids, mask, passages=passages, **kw).logits
+        logits[mask.bool()].logsumexp(-1).sum().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in m.lm.named_parameters() if p.grad is not None}
+
+    full_logits, full = grads()
+    fast_logits, fast = grads(passage_grad=False)
+    encode = m.encode_passages
+
+    def detached(p):
+        prefix, valid = encode(p)
+        return {i: (k.detach(), v.detach()) for i, (k, v) in prefix.items()}, valid
+
+    monkeypatch.setattr(m, "encode_passages", detached)
+    ref_logits, ref = grads()
+    assert_close(fast_logits, full_logits)
+    assert_close(fast_logits, ref_logits)
+    assert fast.keys() == ref.keys()
+    for name in ref:
+        assert_close(fast[name], ref[name], rtol=1e-5, atol=1e-6)
+    changed = [
+        n for n in full if not torch.allclose(full[n], fast.get(n, torch.zeros_like(full[n])), atol=1e-6)
+    ]
+    assert changed  # the passages' own path did carry gradient in the full forward
+
+
+def test_bf16_decoding_runs_under_autocast_only_inside_steps(tok):
+    """decode_precision bf16: the layers compute in bf16 during decoding, the caller's code between
+    steps never runs under autocast, and greedy tokens mostly agree with fp32 on this tiny model."""
+    m = make("llama", tok)
+    fp32 = m.generate(PROMPTS, passages=PASSAGES, max_new_tokens=6)
+    m.decode_precision = "bf16"
+    seen: list[torch.dtype] = []
+    handle = m.layers[0].mlp.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    try:
+        for _ in m.generate_stream(PROMPTS, passages=PASSAGES, max_new_tokens=6):
+            assert not torch.is_autocast_enabled("cpu")
+        bf16 = m.generate(PROMPTS, passages=PASSAGES, max_new_tokens=6)
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert m.embed_queries(PROMPTS).dtype == torch.float32
+    same = sum(a == b for x, y in zip(fp32, bf16) for a, b in zip(x.token_ids, y.token_ids))
+    assert same >= 0.5 * sum(len(x.token_ids) for x in fp32)

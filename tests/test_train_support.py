@@ -111,3 +111,16 @@ def small_config(root: Path, corpus: dict, model: Path, **overrides) -> TrainCon
 def loss_rows(out: Path) -> list[dict]:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if "loss" in r]
+
+
+def test_autocast_context_bf16_on_cpu_only_when_asked():
+    import torch
+
+    from imprag.train.objective import autocast_context
+
+    cpu = torch.device("cpu")
+    for precision, on in (("auto", False), ("fp32", False), ("bf16", True)):
+        with autocast_context(cpu, precision):
+            assert torch.is_autocast_enabled("cpu") is on
+            y = torch.ones(2, 2) @ torch.ones(2, 2)
+        assert y.dtype == (torch.bfloat16 if on else torch.float32)

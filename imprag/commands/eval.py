@@ -92,6 +92,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="float32",
         help="weights' dtype (default float32)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="decoding arithmetic: bf16 autocast is about 1.8x faster on CPUs with AVX512-BF16 / AMX and "
+        "on GPUs; retrieval vectors stay fp32 (default fp32)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -129,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         allow_fingerprint_mismatch=args.allow_fingerprint_mismatch,
         device=device,
         model_dtype=args.model_dtype,
+        precision=args.precision,
         show_progress=not args.quiet,
     )
     run_eval(cfg)

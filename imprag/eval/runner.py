@@ -87,6 +87,7 @@ class EvalConfig:
     allow_fingerprint_mismatch: bool = False
     device: str | None = None
     model_dtype: str = "float32"
+    precision: str = "fp32"  # "bf16": decoding under bf16 autocast (retrieval vectors stay fp32)
     show_progress: bool = True
 
     def __post_init__(self) -> None:
@@ -307,6 +308,7 @@ def run_eval(cfg: EvalConfig, model: Any = None) -> dict[str, Any]:
         from imprag.model.imprag import ImpRAG
 
         model = ImpRAG.from_pretrained(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
+    model.decode_precision = cfg.precision
     k = cfg.k or model.config.k
     mc = model.config  # the answer budget must fit beside the prompt (and the passage offset)
     reads = cfg.method in ("imprag", "oracle")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,9 @@ class ImpRAG:
         self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         self._warned: set[str] = set()
         self.calibration: Calibration | None = None  # the means `config.calibration` subtracts
+        # "bf16": decoding runs under bf16 autocast (about 1.8x faster on CPUs with AVX512-BF16 / AMX);
+        # retrieval vectors and training are unaffected
+        self.decode_precision = "fp32"
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -526,17 +530,21 @@ class ImpRAG:
         query_index=None,
         query_keys: list[str] | None = None,
         query_content: torch.Tensor | None = None,
+        passage_grad: bool = True,
     ) -> ImpRAGOutput:
         """Training/scoring forward over prompt(+response) tokens (B, T) with optional passages.
 
         With passages the sequence's positions start at k * l_max; `query_index` (B,) picks the token whose
         layer-b query state is returned (the prompt's last token; pooling averages up to it), `query_keys`
         are the prompts' calibration keys (`calibration.template_key`) and `query_content` (B, T) their
-        content tokens ("content" pooling).
+        content tokens ("content" pooling). `passage_grad=False` computes the passages' key/value without
+        autograd: gradients then reach the weights only through the prompt's side, at the cost of a plain
+        forward over the passages (they are most of the tokens a reader reads).
         """
         prefix, prefix_valid, offset = {}, None, 0
         if passages is not None:
-            prefix, prefix_valid = self.encode_passages(passages)
+            with nullcontext() if passage_grad else torch.no_grad():
+                prefix, prefix_valid = self.encode_passages(passages)
             offset = self.config.prompt_offset
         position_ids = positions_from_mask(attention_mask, offset)
         hidden = get(self.lm, self.spec.embed)(input_ids)
@@ -665,14 +673,15 @@ class ImpRAG:
         read = self.tokenize_passages(passages) if passages is not None else None  # bad k: refused first
         ids, mask = self.encode_prompts(prompts, "left", with_passages, max_new_tokens)
         prefix, prefix_valid, offset = {}, None, 0
-        if read is not None:
-            prefix, prefix_valid = self.encode_passages(read)
-            offset = self.config.prompt_offset
-        cache = LayerKV(prefix, "append")
-        position_ids = positions_from_mask(mask, offset)
-        hidden = get(self.lm, self.spec.embed)(ids)
-        hidden, _ = self._prompt_layers(hidden, mask.bool(), position_ids, cache, prefix_valid)
-        logits = get(self.lm, self.spec.head)(hidden[:, -1])  # (B, V)
+        with self._decode_autocast():  # entered per step, never held across a yield
+            if read is not None:
+                prefix, prefix_valid = self.encode_passages(read)
+                offset = self.config.prompt_offset
+            cache = LayerKV(prefix, "append")
+            position_ids = positions_from_mask(mask, offset)
+            hidden = get(self.lm, self.spec.embed)(ids)
+            hidden, _ = self._prompt_layers(hidden, mask.bool(), position_ids, cache, prefix_valid)
+            logits = get(self.lm, self.spec.head)(hidden[:, -1]).float()  # (B, V)
         decoder = Decoder(
             self, mask.sum(-1).tolist(), max_new_tokens, do_sample, temperature, top_p, stop, generator
         )
@@ -684,6 +693,12 @@ class ImpRAG:
                 return
             key_valid = torch.cat([key_valid, torch.ones_like(key_valid[:, :1])], dim=1)
             last_pos = last_pos + 1
-            hidden = get(self.lm, self.spec.embed)(next_ids[:, None])
-            hidden, _ = self._prompt_layers(hidden, key_valid, last_pos[:, None], cache, prefix_valid)
-            logits = get(self.lm, self.spec.head)(hidden[:, -1])
+            with self._decode_autocast():
+                hidden = get(self.lm, self.spec.embed)(next_ids[:, None])
+                hidden, _ = self._prompt_layers(hidden, key_valid, last_pos[:, None], cache, prefix_valid)
+                logits = get(self.lm, self.spec.head)(hidden[:, -1]).float()
+
+    def _decode_autocast(self):
+        if self.decode_precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()

@@ -96,6 +96,12 @@ class StageConfig:
         "leave the retrieval path unchanged (embeddings, layers 0..b-1, layer b's norm and q/k projections): "
         "a reader-only stage, after which an index built before it stays valid",
     )
+    passage_grad: bool = option(
+        True,
+        "gradient through the read passages' own forward (false: their key/value are computed without "
+        "autograd, so J_gen trains the weights through the prompt's side only, at the cost of a forward "
+        "over the passages)",
+    )
 
 
 def _default_stages() -> list[StageConfig]:
@@ -193,7 +199,11 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = option(0, "seed of the data order, negatives and initialisation")
     device: str = option("auto", "auto (cuda if available), cpu, cuda, cuda:N")
-    precision: Literal["auto", "bf16", "fp32"] = option("auto", "bf16 autocast on CUDA (auto) or fp32")
+    precision: Literal["auto", "bf16", "fp32"] = option(
+        "auto",
+        "bf16 autocast: auto = on CUDA only; bf16 = on CUDA or the CPU (about 1.8x faster on CPUs with "
+        "AVX512-BF16 / AMX); fp32 = off",
+    )
     gradient_checkpointing: bool = option(False, "recompute layer activations in backward")
     save_every: int = option(0, "write a checkpoint every N steps (0: only the final model)")
     keep_checkpoints: int = option(2, "step checkpoints kept (oldest removed)")

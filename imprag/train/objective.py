@@ -114,6 +114,7 @@ class TrainObjective(nn.Module):
                     query_index=batch.query_index.to(device),
                     query_keys=[template_key(r.prompt) for r in rows_r],  # type: ignore[union-attr]
                     query_content=None if batch.query_content is None else batch.query_content.to(device),
+                    passage_grad=stage.passage_grad,
                 )
                 s, c = response_nll(out.logits, batch.labels.to(device))
                 if dummy:
@@ -277,7 +278,7 @@ def nce_masks(cols: list[tuple[str, int, bool]], n_queries: int, device) -> tupl
 
 
 def autocast_context(device: torch.device, precision: str):
-    """bf16 autocast on CUDA (precision auto/bf16); nothing on CPU."""
-    if device.type == "cuda" and precision in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on CUDA (precision auto/bf16) and on the CPU (bf16 only); otherwise nothing."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
