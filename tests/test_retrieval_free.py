@@ -79,3 +79,70 @@ def test_rc_puts_the_gold_passage_beside_the_question(tmp_path):
         examples = load_examples(path, task, require_answers=True)
         assert len(examples) == len(task_rows)
     assert examples[0].prompt.endswith("Write the sentence that follows this text:")
+
+
+def _people(n: int = 12) -> list[dict]:
+    """Passages whose first sentence names the title, a city and a year; one without its title in the
+    text and one without a title (both give no row)."""
+    first, last = ["Ala", "Bren", "Cor", "Dov"], ["Marsk", "Tolven", "Rasp"]
+    cities = ["Velmora", "Castel Rua", "Oskar Dunn", "Lima"]
+    out = [
+        {"id": f"v{i}", "title": f"{first[i % 4]} {last[i % 3]}",
+         "text": f"{first[i % 4]} {last[i % 3]} was born in {cities[i % 4]} in {1800 + 7 * i}. "
+                 f"{first[i % 4]} {last[i % 3]} was a painter."}
+        for i in range(n)
+    ]  # fmt: skip
+    out.append({"id": "v-notitle-in-text", "title": "Zed Orr", "text": "He was born in Lima in 1900."})
+    out.append({"id": "v-untitled", "title": "", "text": "Mo Fen was born in Lima in 1901."})
+    return out
+
+
+def _one_swap(statement: str, sentence: str) -> tuple[str, str] | None:
+    """(old, new) when `statement` is `sentence` with one of its maskable phrases replaced, else None."""
+    for m in rf._PHRASE.finditer(sentence):
+        head, tail = sentence[: m.start()], sentence[m.end() :]
+        if statement.startswith(head) and statement.endswith(tail) and len(statement) > len(head) + len(tail):
+            return m.group(), statement[len(head) : len(statement) - len(tail)]
+    return None
+
+
+def test_verify_rows_are_true_sentences_or_one_phrase_swapped(tmp_path):
+    from imprag.data.tasks import apply_template
+    from imprag.model.calibration import template_key
+
+    passages = _people()
+    by_id = {p["id"]: p for p in passages}
+    rows = rf.verify_rows(passages, seed=0)
+    assert rows == rf.verify_rows(passages, seed=0) and rows != rf.verify_rows(passages, seed=1)
+    assert rf.verify_rows(passages, seed=0, limit=5) == rows[:5]
+    assert [r["id"] for r in rows] == [f"verify-train-{i:05d}" for i in range(len(rows))]
+    labels = [r["output"][0]["answer"] for r in rows]
+    assert len(rows) == 12 and labels.count("True") == labels.count("False") == 6
+    number = lambda p: all(w[0].isdigit() for w in p.split())  # noqa: E731
+    for row, label in zip(rows, labels):
+        (prov,) = row["output"][1]["provenance"]
+        p = by_id[prov["passage_id"]]
+        assert prov["title"] == p["title"] and p["title"] in row["input"]
+        own = rf.sentences(p["text"])
+        if label == "True":
+            assert row["input"] in own
+            continue
+        (old, new), *more = [s for s in (_one_swap(row["input"], x) for x in own) if s]
+        assert not more and old != new and rf._PHRASE.fullmatch(new) and number(old) == number(new)
+        assert new not in p["text"] and p["title"] not in old
+        assert any(new in q["text"] for q in passages if q is not p)  # taken from another passage
+    # the rows read as a KILT file of the verify task, with FEVER's prompt format and answers
+    path = tmp_path / "verify-train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    examples = load_examples(path, "verify", require_answers=True)
+    assert [ex.answers for ex in examples] == [[x] for x in labels]
+    assert [ex.provenance[0].passage_id for ex in examples] == [
+        r["output"][1]["provenance"][0]["passage_id"] for r in rows
+    ]
+    fever_key = template_key(apply_template("fever", "Kate Hudson is an actress."))
+    assert {template_key(ex.prompt) for ex in examples} == {fever_key} == {"fever"}
+    assert examples[0].prompt == apply_template("fever", rows[0]["input"])
+
+
+def test_verify_is_kept_apart_from_the_tasks_the_demo_builds():
+    assert "verify" not in rf.FREE_TASKS and rf.EVIDENCE_TASKS == ("verify",)

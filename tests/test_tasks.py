@@ -88,6 +88,23 @@ def test_fever_answer_mapping_both_ways():
     assert get_task("nq").to_model_answer("SUPPORTS") == "SUPPORTS"
 
 
+def test_verify_shares_fevers_format_and_answers():
+    from imprag.eval.metrics import score_example
+    from imprag.model.calibration import template_key
+
+    verify, fever = get_task("verify"), get_task("fever")
+    assert (verify.kind, verify.template, verify.group) == ("fever", fever.template, "train")
+    assert not verify.needs_retrieval
+    for gold, model in (("SUPPORTS", "True"), ("REFUTES", "False"), ("True", "True"), ("False", "False")):
+        assert verify.to_model_answer(gold) == fever.to_model_answer(gold) == model
+    assert verify.to_kilt_answer("True") == "SUPPORTS"
+    prompt = apply_template("verify", "Kate Hudson is an actress.")
+    assert prompt == apply_template("fever", "Kate Hudson is an actress.")
+    assert template_key(prompt) == "fever"  # one calibration mean for both
+    assert task_for_file("verify-train.jsonl") == task_for_file("tasks/verify/train.jsonl") == "verify"
+    assert score_example(verify.kind, "true", ["True"])["em"] == 1.0
+
+
 @pytest.mark.parametrize(
     "path,task",
     [

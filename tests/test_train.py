@@ -15,10 +15,10 @@ from imprag.errors import UserError
 from imprag.model.imprag import ImpRAG
 from imprag.train.collate import Collator
 from imprag.train.config import SourceConfig, StageConfig
-from imprag.train.data import Mixture, load_passages
+from imprag.train.data import Mixture, Slot, load_passages
 from imprag.train.distributed import DistEnv
 from imprag.train.loop import train
-from imprag.train.losses import IGNORE
+from imprag.train.losses import IGNORE, response_nll
 from imprag.train.objective import TrainObjective
 
 
@@ -424,3 +424,94 @@ def test_frozen_retrieval_stage_trains_the_reader_and_keeps_vectors_and_fingerpr
     assert f"{attn}.o_proj.weight" in changed and "lm_head.weight" in changed
     frozen = {"model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight", f"{attn}.q_proj.weight"}
     assert not changed & (frozen | {f"{attn}.k_proj.weight", "model.layers.1.input_layernorm.weight"})
+
+
+# ---------------------------------------------------------------- rows that read their provenance (verify)
+def verify_config(root, corpus, model_path, **overrides):
+    """J_gen only over reading comprehension, verify rows reading their passage, and plain text."""
+    cfg = small_config(root, corpus, model_path, **overrides)
+    cfg.data.retrieval_free = [
+        SourceConfig(path=str(corpus["rc"]), task="rc"),
+        SourceConfig(path=str(corpus["verify"]), read_provenance=True),
+    ]
+    cfg.stages = [StageConfig(name="gen", objective="lm", steps=2, lm_weight=1.0, batch_size=8)]
+    return cfg
+
+
+def test_rows_reading_their_provenance_match_a_hand_built_reference(setup):
+    root, corpus, model_path = setup
+    cfg = verify_config(root, corpus, model_path)
+    m, obj, mix = objective_for(cfg, model_path)
+    rc, verify = mix.retrieval_free
+    assert not any(ex.read for ex in rc) and all(ex.read for ex in verify)
+    gold = [json.loads(x)["output"][1]["provenance"][0]["passage_id"] for x in Path(corpus["verify"]).open()]
+    assert [ex.read for ex in verify] == [[g] for g in gold]
+    # the passages read: the row's own first, then distractors drawn the same by any objective
+    again = TrainObjective(m, cfg, obj.collator, obj.passages, DistEnv())
+    for ex in verify:
+        ids = obj.read_ids(ex)
+        assert ids[0] == ex.read[0] and len(set(ids)) == len(ids) == obj.read_passages == 2
+        assert again.read_ids(ex) == ids
+    assert len({obj.read_ids(ex)[1] for ex in verify}) > 1
+
+    plain = [Slot("retrieval_free", ex) for ex in rc[:2]] + [Slot("plain_text", ex) for ex in mix.texts[:2]]
+    reading = [Slot("retrieval_free", ex) for ex in verify[:3]]
+    stage = StageConfig(name="gen", objective="lm", steps=1, lm_weight=1.0)
+
+    def reference(rows, read: bool):
+        batch = obj.collator.sequences(
+            [r.prompt for r in rows], [r.response for r in rows], [r.plain for r in rows]
+        )
+        passages = (
+            m.tokenize_passages([[obj.passages[p] for p in obj.read_ids(r)] for r in rows]) if read else None
+        )
+        logits = m.forward(batch.input_ids, batch.attention_mask, passages=passages).logits
+        s, c = response_nll(logits, batch.labels)
+        return s, c, batch.tokens + (int(passages.attention_mask.sum()) if read else 0)
+
+    with torch.no_grad():
+        s1, c1, t1 = reference([s.example for s in plain], read=False)
+        s2, c2, t2 = reference([s.example for s in reading], read=True)
+        mixed = [plain[0], reading[0], plain[2], reading[1], plain[1], reading[2], plain[3]]
+        out = obj(mixed, 0, len(mixed), stage)
+        assert_close(out["lm"], (s1 + s2) / (c1 + c2), rtol=1e-5, atol=1e-6)
+        assert int(out["tokens"]) == t1 + t2
+        # rows without `read` take the plain path, exactly as before
+        out = obj(plain, 0, len(plain), stage)
+        assert torch.equal(out["lm"], s1 / c1) and int(out["tokens"]) == t1
+    # the passages' key/value reach the verify rows' loss
+    obj(reading, 0, len(reading), stage)["loss"].backward()
+    assert grads(m)["model.layers.2.self_attn.v_proj.weight"] > 0
+
+
+def test_read_provenance_errors_are_one_line(setup, tmp_path):
+    root, corpus, model_path = setup
+    cfg = verify_config(root, corpus, model_path)
+    cfg.data.retrieval[0].read_provenance = True
+    msg = one_line_error(cfg)
+    assert msg.startswith("--data.retrieval.0.read_provenance: only data.retrieval_free sources")
+    rows = [json.loads(x) for x in Path(corpus["verify"]).read_text().splitlines()[:3]]
+    rows[1]["output"][1]["provenance"][0]["passage_id"] = "zzz"
+    bad = write_jsonl(tmp_path / "verify.jsonl", rows)
+    cfg = verify_config(root, corpus, model_path)
+    cfg.data.retrieval_free[1].path = str(bad)
+    msg = one_line_error(cfg)
+    assert msg.startswith(f"{bad}:2: provenance passage 'zzz' is not in --data.passages")
+    assert "--data.on_error skip" in msg
+    cfg.data.on_error = "skip"
+    mix = Mixture(cfg, load_passages(cfg.data.passages))
+    assert [ex.id for ex in mix.retrieval_free[1]] == ["verify-train-00000", "verify-train-00002"]
+
+
+def test_a_run_with_verify_rows_reading_their_provenance(setup, tmp_path):
+    root, corpus, model_path = setup
+    out = tmp_path / "verify"
+    cfg = verify_config(root, corpus, model_path, out=str(out))
+    cfg.data.retrieval_free = cfg.data.retrieval_free[1:]
+    # then a joint stage: self-distillation over the retrieval rows, J_gen over all of them
+    cfg.stages.append(StageConfig(name="joint", objective="distill", steps=1, lm_weight=1.0, batch_size=8))
+    final = train(cfg)
+    rows = loss_rows(out)
+    assert [(r["step"], r["stage"]) for r in rows] == [(1, "gen"), (2, "gen"), (3, "joint")]
+    assert all(r["lm"] > 0 for r in rows) and "distill" in rows[2]
+    assert ImpRAG.from_pretrained(final).generate(["Is this statement true? x A:"], [["a"]], max_new_tokens=1)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from test_train_support import loss_rows, make_corpus, make_model, small_config
 from torch.testing import assert_close
 
-from imprag.train.config import StageConfig, TrainConfig
+from imprag.train.config import SourceConfig, StageConfig, TrainConfig
 from imprag.train.data import Mixture, load_passages, micro_batches
 from imprag.train.loop import train
 
@@ -128,3 +128,32 @@ def test_two_processes_equal_one_process_fsdp(setup):
     assert [r["step"] for r in after] == [1, 2, 3, 4, 5]
     for ra, rb in zip(before, after):
         assert ra["loss"] == pytest.approx(rb["loss"], abs=1e-6)
+
+
+def test_rows_reading_their_provenance_two_processes_equal_one(setup):
+    """Verify rows read their passage; at seed 0 one process lacks them at step 1, the other at step 2
+    (each runs a dummy read call then), both have some at step 3."""
+    root, corpus, model = setup
+    runs = {}
+    for name, world in (("verify-single", 1), ("verify-ddp", 2)):
+        cfg = small_config(root, corpus, model, out=str(root / name))
+        cfg.data.retrieval_free.append(SourceConfig(path=str(corpus["verify"]), read_provenance=True))
+        cfg.stages = [StageConfig(name="gen", objective="lm", steps=3, lm_weight=1.0, batch_size=8)]
+        cfg.optim.lr = 5e-3
+        if world == 1:
+            mix = Mixture(cfg, load_passages(cfg.data.passages))
+            plan = mix.plan(2)[0]
+            shares = [
+                [micro_batches(mix.step_batch(plan, s), 1, 2, r)[0] for r in range(2)] for s in range(3)
+            ]
+            reads = [[sum(x.reads for x in micro[lo:hi]) > 0 for micro, lo, hi in step] for step in shares]
+            assert reads == [[False, True], [True, False], [True, True]]
+            torch.set_num_threads(1)
+            train(cfg)
+        else:
+            run_processes(cfg, world)
+        runs[name] = loss_rows(root / name)
+    a, b = runs["verify-single"], runs["verify-ddp"]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b):
+        assert ra["lm"] == pytest.approx(rb["lm"], abs=1e-5) and ra["tokens"] == rb["tokens"]

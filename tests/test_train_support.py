@@ -1,5 +1,5 @@
 """Helpers shared by the training tests (no tests here): an in-test synthetic corpus with mined
-candidates and a retrieval-free task file, a tiny model folder, and a small TrainConfig."""
+candidates and retrieval-free task files, a tiny model folder, and a small TrainConfig."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import random
 from pathlib import Path
 
+from imprag.data.retrieval_free import verify_rows
 from imprag.train.config import (
     DataConfig,
     EvalConfig,
@@ -31,7 +32,8 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 def make_corpus(root: Path, n: int = 40, seed: int = 0, n_candidates: int = 20) -> dict[str, Path]:
     """n people, one passage each; a QA example per person with mined-style candidates (gold first,
-    then random others), a dev file, and a reading-comprehension (retrieval-free) task file."""
+    then random others), a dev file, and retrieval-free task files: reading comprehension, and true/false
+    statements with their passage as provenance (verify)."""
     rng = random.Random(seed)
     people = []
     for i in range(n):
@@ -57,6 +59,7 @@ def make_corpus(root: Path, n: int = 40, seed: int = 0, n_candidates: int = 20) 
     ]  # fmt: skip
     return {
         "passages": write_jsonl(root / "passages.jsonl", passages),
+        "verify": write_jsonl(root / "verify.jsonl", verify_rows(passages)),
         "mined": write_jsonl(root / "mined.jsonl", mined),
         "dev": write_jsonl(root / "dev.jsonl", mined[:10]),
         "rc": write_jsonl(root / "rc.jsonl", rc),

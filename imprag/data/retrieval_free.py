@@ -6,9 +6,12 @@ passages and its training questions, so the same three tasks are derived from th
     denoise   a passage with 1-3 phrases (capitalised names, numbers) replaced by [MASK] -> the passage
     nextsent  a passage's first sentences -> the sentence that follows them
     rc        a training question beside its gold passage (half the time with a distractor) -> its answer
+    verify    a sentence naming the passage's title, as written (-> True) or with one name or number
+              swapped for another passage's (-> False); the passage is the row's provenance, read by the
+              middle layers in training (`SourceConfig.read_provenance`): FEVER's answer format, no FEVER data
 
-Rows are KILT lines (`{"id", "input", "output": [{"answer"}]}`, no provenance) that `load_examples`
-reads with the task's template. Same passages, questions and seed -> the same rows.
+Rows are KILT lines (`{"id", "input", "output": [{"answer"}]}`; verify adds `{"provenance"}`) that
+`load_examples` reads with the task's template. Same passages, questions and seed -> the same rows.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from imprag.data.example import Example
 from imprag.passage import passage_text
 
 FREE_TASKS = ("rc", "denoise", "nextsent")
+# tasks whose rows carry an evidence passage to read; apart from FREE_TASKS so that callers building
+# those (the demo) keep their behaviour
+EVIDENCE_TASKS = ("verify",)
 MASK = "[MASK]"
 
 # a sentence ends at . ! or ? followed by space and a capital, digit or opening quote/bracket
@@ -119,4 +125,74 @@ def rc_rows(
                 context.insert(rng.randint(0, 1), passage_text(passages[other]))
         inp = {"context": "\n".join(context), "question": ex.input}
         rows.append(_record("rc", len(rows), inp, ex.answers[0]))
+    return rows
+
+
+def _shape(phrase: str) -> str:
+    """The kind of a phrase: number (every word a number), name (every word capitalised) or mixed."""
+    words = phrase.split()
+    if all(w[0].isdigit() for w in words):
+        return "number"
+    return "name" if all(w[0].isupper() for w in words) else "mixed"
+
+
+def _phrase_pool(passages: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Every maskable phrase of the passages, distinct, in order of first appearance, by shape."""
+    pool: dict[str, dict[str, None]] = {}
+    for p in passages:
+        text = str(p.get("text") or "")
+        for a, b in _phrases(str(p.get("title") or ""), text):
+            pool.setdefault(_shape(text[a:b]), {})[text[a:b]] = None
+    return {shape: list(phrases) for shape, phrases in pool.items()}
+
+
+def _swap_spans(title: str, sentence: str) -> list[tuple[int, int]]:
+    """The sentence's maskable phrases that neither lie in nor contain the title."""
+    return [(a, b) for a, b in _phrases(title, sentence) if title not in sentence[a:b]]
+
+
+def _swap_one(
+    rng: random.Random, title: str, sentence: str, text: str, pool: dict[str, list[str]]
+) -> str | None:
+    """`sentence` with one of its phrases replaced by a pool phrase of the same shape that the passage
+    (`text`, `title`) does not contain; None when a few draws find none."""
+    spans = _swap_spans(title, sentence)
+    if not spans:
+        return None
+    a, b = rng.choice(spans)
+    options = pool.get(_shape(sentence[a:b]), [])
+    for _ in range(20 if options else 0):  # rejection: a large pool rarely offers this passage's own phrases
+        new = rng.choice(options)
+        if new not in text and new not in title:
+            return sentence[:a] + new + sentence[b:]
+    return None
+
+
+def verify_rows(
+    passages: Sequence[Mapping[str, Any]], seed: int = 0, limit: int | None = None
+) -> list[Record]:
+    """A sentence of each passage that names its title (and has a phrase to swap), in as the statement.
+    Rows alternate: even ones keep the sentence (answer "True"), odd ones swap one name or number for one
+    of the same shape from another passage ("False"). Provenance: the passage's id and title."""
+    rng = random.Random(f"free-task:verify:{seed}")
+    pool = _phrase_pool(passages)
+    rows: list[Record] = []
+    for p in passages:
+        if limit is not None and len(rows) >= limit:
+            break
+        title, text = str(p.get("title") or "").strip(), str(p.get("text") or "")
+        if not title or p.get("id") is None:
+            continue
+        # True and False rows draw from the same sentences: those a swap could change
+        usable = [s for s in sentences(text) if title in s and _swap_spans(title, s)]
+        if not usable:
+            continue
+        sentence = rng.choice(usable)
+        false = len(rows) % 2 == 1
+        statement = _swap_one(rng, title, sentence, text, pool) if false else sentence
+        if statement is None:
+            continue  # the next passage tries the False row
+        row = _record("verify", len(rows), statement, "False" if false else "True")
+        row["output"].append({"provenance": [{"passage_id": str(p["id"]), "title": title}]})
+        rows.append(row)
     return rows

@@ -3,7 +3,8 @@
 Evaluation templates follow DESIGN.md section 1 (the paper's Table 2 tasks). The retrieval-free
 training tasks (reading comprehension, summarization, phrase denoising, next/previous sentence, plain
 text) train `J_gen` only; denoising and next/previous-sentence templates are this project's wording
-(the paper names the tasks but not their prompts).
+(the paper names the tasks but not their prompts). `verify` (true/false statements built from passages)
+shares FEVER's template and answers, so it teaches that unseen format without FEVER data.
 """
 
 from __future__ import annotations
@@ -188,6 +189,15 @@ TASKS: dict[str, TaskSpec] = {
             False,
             ("prevsent", "previous_sentence"),
             description="previous sentence",
+        ),
+        TaskSpec(
+            "verify",
+            "fever",
+            FEVER_TEMPLATE,
+            False,
+            ("verify",),
+            answer_map=_FEVER_MAP,
+            description="true/false statements built from passages (teaches FEVER's answer format)",
         ),
         TaskSpec(
             "lm",

@@ -45,6 +45,11 @@ class SourceConfig:
     task: str | None = option(None, "task name (default: each row's `task`, else guessed from the file name)")
     weight: float = option(1.0, "times each example of this file is drawn per epoch of its group")
     limit: int | None = option(None, "use only the first N examples")
+    read_provenance: bool = option(
+        False,
+        "read each row's provenance passages (data.passages ids) through the middle layers for J_gen, filled "
+        "up to data.read_passages with other passages; never retrieval targets",
+    )
 
 
 @dataclass
@@ -253,6 +258,19 @@ class TrainConfig:
                     raise UserError(f"--data.{group}.{i}.path is required")
                 if s.weight < 0:
                     raise UserError(f"--data.{group}.{i}.weight must be >= 0 (got {s.weight})")
+                if s.read_provenance and group == "retrieval":
+                    raise UserError(
+                        f"--data.retrieval.{i}.read_provenance: only data.retrieval_free sources read their "
+                        "provenance (mined rows read their candidates); remove the flag"
+                    )
+                if s.read_provenance and not d.passages:
+                    raise UserError(
+                        f"--data.{group}.{i}.read_provenance needs --data.passages (the provenance ids resolve there)"
+                    )
+                if s.read_provenance and d.read_passages == 0:
+                    raise UserError(
+                        f"--data.{group}.{i}.read_provenance reads nothing with --data.read_passages 0; raise it"
+                    )
         needs_retrieval_data = any(s.objective in ("nce", "distill") for s in self.stages)
         if needs_retrieval_data and not d.retrieval:
             raise UserError(

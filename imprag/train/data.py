@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imprag.data.example import Example
 from imprag.data.tasks import get_task, task_for_file
 from imprag.errors import UserError
 from imprag.io import iter_jsonl
@@ -46,6 +47,7 @@ class LMExample:
     response: str
     source: str = ""
     plain: bool = False  # plain text: every token is a target
+    read: list[str] = field(default_factory=list)  # passage ids read by the middle layers (read_provenance)
 
 
 @dataclass
@@ -59,6 +61,11 @@ class Slot:
     @property
     def is_retrieval(self) -> bool:
         return self.group == "retrieval"
+
+    @property
+    def reads(self) -> bool:
+        """A J_gen-only row that reads its own passages (read_provenance)."""
+        return isinstance(self.example, LMExample) and bool(self.example.read)
 
 
 def _on_error_hint(e: UserError) -> UserError:
@@ -157,7 +164,9 @@ def _mined_row(obj: dict, at: str, forced: str | None, passages: dict[str, str])
     return RetrievalExample(str(obj.get("id", at)), spec.name, prompt, answer, candidates, gold, at)
 
 
-def load_retrieval_free(src: SourceConfig, on_error: str, where: str) -> list[LMExample]:
+def load_retrieval_free(
+    src: SourceConfig, on_error: str, where: str, passages: dict[str, str] | None = None
+) -> list[LMExample]:
     from imprag.data.kilt import load_examples
 
     path = Path(src.path)
@@ -181,7 +190,37 @@ def load_retrieval_free(src: SourceConfig, on_error: str, where: str) -> list[LM
         raise _on_error_hint(e) from None
     if not examples:
         raise UserError(f"{path}: no examples (check --{where}.path)")
-    return [LMExample(ex.id, ex.task, ex.prompt, ex.answers[0], ex.source) for ex in examples]
+    out = [LMExample(ex.id, ex.task, ex.prompt, ex.answers[0], ex.source) for ex in examples]
+    if not src.read_provenance:
+        return out
+    kept = []
+    for lm, ex in zip(out, examples):
+        try:
+            lm.read = _provenance_ids(ex, passages or {}, where)
+        except UserError as e:
+            if on_error == "fail":
+                raise
+            log.warning("skipping %s", e)
+            continue
+        kept.append(lm)
+    if not kept:
+        raise UserError(f"{path}: no example has a provenance passage to read (check --{where}.path)")
+    return kept
+
+
+def _provenance_ids(ex: Example, passages: dict[str, str], where: str) -> list[str]:
+    """The example's provenance passage ids (distinct, in order); each must be in `passages`."""
+    ids = list(dict.fromkeys(p.passage_id for p in ex.provenance if p.passage_id is not None))
+    hint = "(fix the line, or pass --data.on_error skip)"
+    if not ids:
+        raise UserError(f"{ex.source}: no provenance passage_id to read (--{where}.read_provenance) {hint}")
+    missing = next((i for i in ids if i not in passages), None)
+    if missing is not None:
+        raise UserError(
+            f"{ex.source}: provenance passage {missing!r} is not in --data.passages (--{where}.read_provenance) "
+            f"{hint}"
+        )
+    return ids
 
 
 @dataclass
@@ -214,7 +253,7 @@ class Mixture:
             load_mined(s, passages, d.on_error, f"data.retrieval.{i}") for i, s in enumerate(d.retrieval)
         ]
         self.retrieval_free: list[list[LMExample]] = [
-            load_retrieval_free(s, d.on_error, f"data.retrieval_free.{i}")
+            load_retrieval_free(s, d.on_error, f"data.retrieval_free.{i}", passages)
             for i, s in enumerate(d.retrieval_free)
         ]
         self.texts: list[LMExample] = (

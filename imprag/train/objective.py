@@ -11,6 +11,7 @@ global batch has runs the same call on a one-row dummy and multiplies its result
 from __future__ import annotations
 
 import math
+import random
 from contextlib import nullcontext
 
 import torch
@@ -39,6 +40,7 @@ class TrainObjective(nn.Module):
         self.passages = passages
         self.env = env
         self._dummy_pid = next(iter(passages)) if passages else None
+        self._pids = list(passages)  # distractors of rows that read their provenance
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -64,10 +66,12 @@ class TrainObjective(nn.Module):
         bounds = [(r * per, (r + 1) * per) for r in range(W)]
         local = micro[lo:hi]
         loc_ret = [s for s in local if s.is_retrieval]
-        loc_lm = [s for s in local if not s.is_retrieval]
+        loc_lm = [s for s in local if not s.is_retrieval and not s.reads]
+        loc_read = [s for s in local if s.reads]
         ret_sizes = [sum(s.is_retrieval for s in micro[a:b]) for a, b in bounds]
         n_ret_global = sum(ret_sizes)
-        lm_global = len(micro) - n_ret_global
+        read_global = sum(s.reads for s in micro)
+        lm_global = len(micro) - n_ret_global - read_global
         lm_on = stage.lm_weight > 0
         ret_on = stage.objective in ("nce", "distill") and stage.retrieval_weight > 0 and n_ret_global > 0
         device = m.device
@@ -124,6 +128,10 @@ class TrainObjective(nn.Module):
                     tokens += batch.tokens
                     qvec = out.query_vectors
                 nll, count = nll + s, count + c
+            if read_global:
+                rows_v = [x.example for x in loc_read if isinstance(x.example, LMExample)]
+                s, c, n = self._read_nll(rows_v)
+                nll, count, tokens = nll + s, count + c, tokens + n
             n_tokens = env.all_reduce_sum(count.float()).clamp(min=1.0)
             total = total + stage.lm_weight * (nll / n_tokens) * W
             parts["lm"] = env.all_reduce_sum(nll) / n_tokens
@@ -151,6 +159,47 @@ class TrainObjective(nn.Module):
         parts["loss"] = total
         parts["tokens"] = torch.tensor(float(tokens), device=device)
         return parts
+
+    # ------------------------------------------------------------------ rows that read their provenance
+    def read_ids(self, ex: LMExample) -> list[str]:
+        """The passage ids an evidence row reads: its own first, then distractors up to read_passages from a
+        generator seeded by the example id (every process and a resumed run draw the same)."""
+        n = self.read_passages
+        own = ex.read[:n]
+        extra = n - len(own)
+        if extra <= 0:
+            return own
+        rng = random.Random(f"read:{self.cfg.seed}:{ex.id}")
+        if len(self._pids) <= n + len(ex.read):  # a tiny corpus: every other passage, shuffled
+            pool = [p for p in self._pids if p not in ex.read]
+            rng.shuffle(pool)
+            return own + pool[:extra]
+        picked: list[str] = []
+        while len(picked) < extra:  # ends: more than `extra` passages lie outside ex.read
+            p = self._pids[rng.randrange(len(self._pids))]
+            if p not in ex.read and p not in picked:
+                picked.append(p)
+        return own + picked
+
+    def _read_nll(self, rows: list[LMExample]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(summed response NLL, response tokens, tokens run) of rows read with their passages; an empty
+        slice runs a one-row dummy (FSDP) whose loss and count are zeroed."""
+        m = self.imprag
+        device = m.device
+        dummy = not rows
+        if dummy:
+            assert self._dummy_pid is not None
+            rows = [LMExample("dummy", "lm", ".", ".", read=[self._dummy_pid])]
+        batch = self.collator.sequences([r.prompt for r in rows], [r.response for r in rows])
+        texts = [[self.passages[p] for p in self.read_ids(r)] for r in rows]
+        passages = m.tokenize_passages(texts).to(device)
+        logits = m.forward(
+            batch.input_ids.to(device), batch.attention_mask.to(device), passages=passages
+        ).logits
+        s, c = response_nll(logits, batch.labels.to(device))
+        if dummy:
+            return s * 0.0, c * 0, 0
+        return s, c, batch.tokens + int(passages.attention_mask.sum())
 
     # ------------------------------------------------------------------ multi-label NCE
     def _columns(self, slots: list[Slot]) -> list[tuple[str, int, bool]]:
