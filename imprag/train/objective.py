@@ -130,7 +130,7 @@ class TrainObjective(nn.Module):
                 nll, count = nll + s, count + c
             if read_global:
                 rows_v = [x.example for x in loc_read if isinstance(x.example, LMExample)]
-                s, c, n = self._read_nll(rows_v)
+                s, c, n = self._read_nll(rows_v, stage.passage_grad)
                 nll, count, tokens = nll + s, count + c, tokens + n
             n_tokens = env.all_reduce_sum(count.float()).clamp(min=1.0)
             total = total + stage.lm_weight * (nll / n_tokens) * W
@@ -181,7 +181,7 @@ class TrainObjective(nn.Module):
                 picked.append(p)
         return own + picked
 
-    def _read_nll(self, rows: list[LMExample]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _read_nll(self, rows: list[LMExample], passage_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(summed response NLL, response tokens, tokens run) of rows read with their passages; an empty
         slice runs a one-row dummy (FSDP) whose loss and count are zeroed."""
         m = self.imprag
@@ -194,7 +194,10 @@ class TrainObjective(nn.Module):
         texts = [[self.passages[p] for p in self.read_ids(r)] for r in rows]
         passages = m.tokenize_passages(texts).to(device)
         logits = m.forward(
-            batch.input_ids.to(device), batch.attention_mask.to(device), passages=passages
+            batch.input_ids.to(device),
+            batch.attention_mask.to(device),
+            passages=passages,
+            passage_grad=passage_grad,
         ).logits
         s, c = response_nll(logits, batch.labels.to(device))
         if dummy:
