@@ -386,6 +386,43 @@ def test_imprag_train_with_the_cached_warmup_alone(tmp_path):
     assert_close(again.embed_queries(PROMPTS), trained.embed_queries(PROMPTS))
 
 
+def test_the_warmups_passage_vectors_build_the_index_without_embedding(tmp_path, monkeypatch):
+    """After a cached warmup and a reader stage with the retrieval path frozen, final/ holds the corpus's
+    index vectors: `model_encoder` serves them (no passage embedded) and they equal embedding anew. A stage
+    that moves the retrieval path leaves none."""
+    from test_train_support import make_corpus, make_model, small_config
+
+    from imprag.index.encoder import model_encoder
+    from imprag.index.stored_vectors import VECTORS_NAME
+    from imprag.train.config import StageConfig
+    from imprag.train.data import load_passages
+    from imprag.train.loop import train
+
+    corpus = make_corpus(tmp_path, n=24)
+    model = make_model(tmp_path, corpus["texts"])
+    cfg = small_config(tmp_path, corpus, model, out=str(tmp_path / "run"))
+    cfg.cached_warmup.steps, cfg.cached_warmup.batch_size, cfg.cached_warmup.title_queries = 3, 8, 0
+    read = dict(name="read", objective="lm", steps=2, lm_weight=1.0, batch_size=4, passage_grad=False)
+    cfg.stages = [StageConfig(**read, freeze_retrieval=True)]
+    final = train(cfg)
+    assert (final / VECTORS_NAME).is_file()
+    trained = ImpRAG.from_pretrained(final)
+    texts = list(load_passages(cfg.data.passages).values())
+    expected = trained.embed_passages(texts).numpy()
+    calls: list[int] = []
+    embed = trained.embed_passages
+    monkeypatch.setattr(trained, "embed_passages", lambda t, **kw: calls.append(len(t)) or embed(t, **kw))
+    encoder = model_encoder(trained, source=final)
+    assert_close(torch.from_numpy(encoder.embed(texts)), torch.from_numpy(expected), rtol=1e-4, atol=1e-5)
+    assert calls == []
+    encoder.embed([texts[0], "a passage the run never saw"])
+    assert calls == [1]  # only the unknown one
+    assert model_encoder(trained, max_length=7, source=final).embed(texts[:2]) is not None and calls[-1] == 2
+    cfg.out, cfg.overwrite = str(tmp_path / "run2"), True
+    cfg.stages = [StageConfig(**read)]
+    assert not (train(cfg) / VECTORS_NAME).exists()
+
+
 def test_title_queries_group_the_passages_of_a_title():
     from imprag.train.retrieval_cache import title_queries
 

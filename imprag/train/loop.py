@@ -459,7 +459,7 @@ class _Trainer:
             self._evaluate(dev, model, wrapped, done, plan)
         save_model = self._save_model_fn(model, wrapped)
         if env.is_main:
-            ck.write_dir_atomically(final, save_model)
+            ck.write_dir_atomically(final, self._with_index_vectors(save_model, model, passages, done))
             log.info(
                 "final model in %s (last step: %s)",
                 final,
@@ -467,6 +467,27 @@ class _Trainer:
             )
         env.barrier()
         return final
+
+    def _with_index_vectors(self, save, model: ImpRAG, passages: dict[str, str], step: int):
+        """`save`, plus the cached warmup's passage vectors when they are still the model's index vectors
+        (no later stage moved the retrieval path): `imprag index` then skips those passages."""
+        from imprag.train.lora import has_lora
+
+        sharded = self.cfg.distributed.strategy == "fsdp" and self.env.distributed
+        if self.passage_vectors is None or self._retrieval_moved(step) or sharded or has_lora(model):
+            return save
+        from imprag.index.stored_vectors import save_passage_vectors
+
+        ids = list(self.passage_vectors)
+        texts = [passages[i] for i in ids]
+        vectors = torch.stack([self.passage_vectors[i] for i in ids])  # (N, D)
+        fingerprint = model.fingerprint()
+
+        def save_with_vectors(directory: Path) -> None:
+            save(directory)
+            save_passage_vectors(directory, texts, vectors, fingerprint, model.config.l_max)
+
+        return save_with_vectors
 
     def _retrieval_moved(self, step: int) -> bool:
         """Did a stage that can change the retrieval path run before `step`?"""

@@ -181,7 +181,9 @@ class TrainObjective(nn.Module):
                 picked.append(p)
         return own + picked
 
-    def _read_nll(self, rows: list[LMExample], passage_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _read_nll(
+        self, rows: list[LMExample], passage_grad: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(summed response NLL, response tokens, tokens run) of rows read with their passages; an empty
         slice runs a one-row dummy (FSDP) whose loss and count are zeroed."""
         m = self.imprag
