@@ -57,19 +57,39 @@ METHODS = ("imprag", "rag-bm25", "rag-dense", "closed-book")
 RETRIEVERS = ("dense", "bm25")
 KS = (1, 5, 10, 20)
 PROFILES: dict[str, dict[str, Any]] = {
-    "cpu": {"nq_limit": 40, "hotpot_limit": 20, "k": 5, "batch_size": 8, "index_batch": 32},
-    "gpu": {"nq_limit": None, "hotpot_limit": None, "k": 10, "batch_size": 64, "index_batch": 256},
+    # train_labels: the mined files the training config lists, in its order
+    "cpu": {
+        "nq_limit": None,
+        "hotpot_limit": None,
+        "k": 5,
+        "batch_size": 16,
+        "index_batch": 32,
+        "precision": "bf16",
+        "train_labels": ("bm25",),
+    },
+    "gpu": {
+        "nq_limit": None,
+        "hotpot_limit": None,
+        "k": 10,
+        "batch_size": 64,
+        "index_batch": 256,
+        "precision": "bf16",
+        "train_labels": RETRIEVERS,
+    },
 }
 
 
-def step(cmd: list[str], env: dict[str, str]) -> float:
-    """Run one printed command from the repository root; stop the benchmark if it fails."""
+def step(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Run one printed command from the repository root; stop the benchmark if it fails. Returns its wall
+    seconds and peak resident memory (MiB)."""
     print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=REPO, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"step failed with exit code {done.returncode}: {' '.join(cmd)}")
-    return time.perf_counter() - start
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"step failed with exit code {proc.returncode}: {' '.join(cmd)}")
+    return time.perf_counter() - start, usage.ru_maxrss / 1024  # Linux: KiB
 
 
 def recall_table(
@@ -245,8 +265,14 @@ def main() -> None:
         seconds[name] = round((seconds.get(name, 0.0) if add else 0.0) + secs, 1)
         timings_path.write_text(json.dumps(seconds, indent=1))
 
+    peaks_path = out / "peak_rss_mib.json"
+
     def timed(name: str, cmd: list[str]) -> None:
-        record(name, step(cmd, env))
+        secs, peak = step(cmd, env)
+        record(name, secs)
+        peaks = json.loads(peaks_path.read_text()) if peaks_path.exists() else {}
+        peaks[name] = round(max(peak, peaks.get(name, 0.0)))
+        peaks_path.write_text(json.dumps(peaks, indent=1))
 
     if "pull" in only and not (args.model / "imprag.json").exists():
         timed("pull", [*imprag, "pull", "smollm2", "--out", str(args.model)])
@@ -285,7 +311,7 @@ def main() -> None:
             "--data.passages",
             str(passages),
         ]
-        for i, r in enumerate(RETRIEVERS):
+        for i, r in enumerate(prof["train_labels"]):
             overrides += [f"--data.retrieval.{i}.path", str(mined[r])]
         if args.profile == "gpu":  # gold-passage recall on NQ dev during training (cheap on a GPU)
             overrides += ["--eval.dev", str(dev["nq"])]
@@ -354,6 +380,8 @@ def main() -> None:
                 str(k),
                 "--batch-size",
                 str(prof["batch_size"]),
+                "--precision",
+                prof["precision"],
                 "--passages",
                 str(passages),
                 *cache,
@@ -424,6 +452,15 @@ def write_summary(
         "```",
         "",
     ]
+    if (out / "peak_rss_mib.json").exists():
+        lines += [
+            "## Peak resident memory per step (MiB)",
+            "",
+            "```",
+            (out / "peak_rss_mib.json").read_text(),
+            "```",
+            "",
+        ]
     (out / "summary.md").write_text("\n".join(lines))
     print(f"wrote {out / 'summary.md'}")
 

@@ -69,8 +69,9 @@ def test_training_reads_the_folder_and_the_built_retrieval_free_tasks(world, tmp
         str(out / "mined" / "nq-train.jsonl"),
         str(out / "mined" / "hotpotqa-train.jsonl"),
     ]
-    assert [(s.task, s.path) for s in cfg.data.retrieval_free] == [
-        (t, str(out / "free" / t / "train.jsonl")) for t in ("rc", "denoise", "nextsent")
+    free = ("rc", "denoise", "nextsent", "verify") if backbone == "tiny" else ("verify",)
+    assert [(s.task, s.path, s.read_provenance) for s in cfg.data.retrieval_free] == [
+        (t, str(out / "free" / t / "train.jsonl"), t == "verify") for t in free
     ]
     assert cfg.eval.dev == str(out / "mined" / "nq-dev.jsonl")
     assert cfg.out == str(out / "train")
@@ -85,7 +86,7 @@ def test_world_step_is_skipped_and_the_folder_is_never_written(world, tmp_path):
     out = tmp_path / "out"
     assert not (out / "world").exists()
     nq_train = load_examples(world / "tasks" / "nq" / "train.jsonl", "nq")
-    for task in ("rc", "denoise", "nextsent"):
+    for task in ("rc", "denoise", "nextsent", "verify"):
         examples = load_examples(out / "free" / task / "train.jsonl", task, require_answers=True)
         assert len(examples) > 10, task
         if task == "rc":  # one per training question with a gold passage, whose answer it holds
@@ -125,15 +126,16 @@ def test_unknown_task_folders_and_empty_test_files_are_named(world, tmp_path):
 
 
 def test_the_generated_world_plan_is_unchanged(tmp_path):
-    """Without --world: nothing is read at planning time, every format is evaluated, nothing is built."""
-    d = Demo(DemoConfig(out=tmp_path / "out", size="tiny"))
+    """Without --world: nothing is read at planning time, every format is evaluated, only the true/false
+    statements are built (from the passages, never from the world's FEVER files)."""
+    d = Demo(DemoConfig(out=tmp_path / "out", size="tiny", backbone="tiny"))
     assert d.world == tmp_path / "out" / "world"
     assert (d.plan.evaluate, d.plan.skipped, d.plan.build_free) == (list(EVAL_TASKS), {}, [])
-    assert d.plan.train == ["nq", "hotpotqa"]
+    assert d.plan.train == ["nq", "hotpotqa"] and d.built_free == ["verify"]
     free = [s.path for s in d.train_config(tmp_path / "backbone").data.retrieval_free]
     assert free == [
         str(tmp_path / "out" / "world" / "tasks" / t / "train.jsonl") for t in ("rc", "denoise", "nextsent")
-    ]
+    ] + [str(tmp_path / "out" / "free" / "verify" / "train.jsonl")]
 
 
 # ---------------------------------------------------------------- one clear line for an unfit folder

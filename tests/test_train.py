@@ -360,6 +360,24 @@ def test_mixture_stages_ratios_negatives_and_determinism(setup):
         assert not set(s.negatives) & (set(ex.candidates[:2]) | set(ex.gold))
     with pytest.raises(UserError, match="divisible by grad_accum"):
         mix.plan(world_size=3)
+    # a stage may set its own shares (here: retrieval-free examples alone)
+    cfg.stages.append(
+        StageConfig(
+            name="free",
+            objective="lm",
+            steps=2,
+            lm_weight=1.0,
+            batch_size=8,
+            retrieval_ratio=0.0,
+            retrieval_free_ratio=1.0,
+            plain_text_ratio=0.0,
+        )
+    )
+    free = Mixture(cfg, load_passages(cfg.data.passages)).plan(world_size=1)[2]
+    assert free.counts == {"retrieval": 0, "retrieval_free": 8, "plain_text": 0}
+    cfg.stages[2].plain_text_ratio = -1.0
+    with pytest.raises(UserError, match="stages.2.plain_text_ratio must be >= 0"):
+        cfg.validate()
 
 
 def test_finished_run_resume_is_a_no_op_and_a_task_file_can_be_the_dev_set(setup, tmp_path):
@@ -453,6 +471,9 @@ def test_rows_reading_their_provenance_match_a_hand_built_reference(setup):
         assert ids[0] == ex.read[0] and len(set(ids)) == len(ids) == obj.read_passages == 2
         assert again.read_ids(ex) == ids
     assert len({obj.read_ids(ex)[1] for ex in verify}) > 1
+    cfg.data.retrieval_free[1].read_distractors = False  # the provenance alone
+    alone = objective_for(cfg, model_path)[2].retrieval_free[1]
+    assert [obj.read_ids(ex) for ex in alone] == [[g] for g in gold]
 
     plain = [Slot("retrieval_free", ex) for ex in rc[:2]] + [Slot("plain_text", ex) for ex in mix.texts[:2]]
     reading = [Slot("retrieval_free", ex) for ex in verify[:3]]

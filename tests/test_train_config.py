@@ -99,7 +99,8 @@ def test_train_cli_print_config_and_unknown_flag(tmp_path, capsys):
     assert printed["optim"]["lr"] == 3e-4 and printed["model"]["path"] == "some/model"
     assert printed["stages"] == [
         {"name": "w", "objective": "nce", "epochs": None, "steps": 3, "lm_weight": 0.5, "retrieval_weight": 1.0,
-         "batch_size": None, "grad_accum": None, "lr_scale": 1.0, "freeze_retrieval": False}
+         "batch_size": None, "grad_accum": None, "lr_scale": 1.0, "freeze_retrieval": False,
+         "retrieval_ratio": None, "retrieval_free_ratio": None, "plain_text_ratio": None, "passage_grad": True}
     ]  # fmt: skip
     with pytest.raises(SystemExit) as e:
         main(["train", "--config", str(f), "--optim.lrr", "1"])

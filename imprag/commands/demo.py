@@ -15,7 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--size", default="small", help=f"one of {', '.join(SIZES)} (small: ~10 min on 2 cores)"
     )
     parser.add_argument(
-        "--backbone", default="tiny", help="tiny (pretrained here in minutes) or smollm2 (real 135M weights)"
+        "--backbone",
+        default="smollm2",
+        help="smollm2 (real SmolLM2-135M-Instruct weights, converted once per machine) or tiny (a random Llama "
+        "trained from scratch: the fast smoke test)",
     )
     parser.add_argument(
         "--world",

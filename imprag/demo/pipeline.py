@@ -27,6 +27,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from imprag.data.retrieval_free import EVIDENCE_TASKS
 from imprag.errors import UserError
 from imprag.model.config import PAPER_RETRIEVAL
 
@@ -75,6 +76,17 @@ class DemoSize:
     # layer from scratch with uncached NCE, where it learns (dev recall@5 0.68 at step 65) and the default
     # content/cosine/template state, whose means go stale as the bottom layers change, did not (0.02)
     paper_state: bool = True
+    # the later stages' gradient through the read passages' own forward (False: a reader stage costs about a
+    # forward over its passages)
+    passage_grad: bool = True
+    # the retrieval-free training tasks and their share of each batch
+    free_tasks: tuple[str, ...] = ("rc", "denoise", "nextsent", *EVIDENCE_TASKS)
+    free_ratio: float = 0.3
+    evidence_distractors: bool = True  # true/false statements read other passages beside their source
+    # after the reader stage: the retrieval-free tasks alone (the true/false statements for SmolLM2), batch
+    # distill_batch, the retrieval path frozen
+    verify_steps: int = 0
+    train_limit: int | None = None  # training questions used per seen task (None: all)
 
 
 SIZES = {
@@ -123,36 +135,53 @@ SIZES = {
 }
 
 
-def smollm2_size(size: DemoSize) -> DemoSize:
-    """The same world and schedule for the real 135M backbone (30 layers), with what a pretrained model needs.
+# per size for SmolLM2: (cached warmup steps, reader steps, true/false steps, test questions per task)
+SMOLLM2_STEPS = {"tiny": (30, 2, 1, 3), "small": (300, 28, 28, 16), "full": (300, 120, 60, 100)}
 
-    - lr 1e-4, constant after 10 steps (full fine-tuning of pretrained weights). In one cosine schedule
-      the reader stage ran at 1.25e-5 -> 3.6e-6 and did not learn to read on an H100/H200 (gold passage
-      alone: NQ EM 0-2%); on the CPU the same reader at 1.25e-5 reached 5%, at 1e-4 76%.
-    - Retrieval: the cached warmup (300 steps, seconds after the layer-7 cache; demo-world dev recall@5
-      0.97 on the CPU) replaces the NCE warmup, with content-pooled, calibrated cosine states (the
-      defaults; the paper's last-token dot product reached 0.70 after 260 full NCE steps on an H100).
+
+def smollm2_size(size_name: str) -> DemoSize:
+    """The same world for the real 135M backbone (30 layers), with what a pretrained model needs.
+
+    - Retrieval: the cached warmup (300 steps on cached layer-7 inputs, every passage a negative, title
+      pseudo-queries) with content-pooled, calibrated cosine states (the defaults). The paper's last-token
+      dot product reached 0.70 dev recall@5 after 260 full NCE steps on an H100; this, 0.995 in about 2.5
+      CPU minutes. Its passage vectors become the index (no second pass over the corpus).
     - b=7 as `imprag pull` sets it, but t=29: every layer from b reads. Untrained, the gold passage through
       layers 7..21 lowers the answer's NLL/token from 9.84 to 6.22 on NQ-style questions, through 7..29
-      to 4.14 (in the context: 3.78); trained on the CPU, gold-passage EM 95% at t=29 against 76% at t=21.
-    - A reader stage after the warmup: J_gen at the full lr with the retrieval path frozen, so the
-      warmup's retrieval stays exactly (gold-passage EM 68% frozen against 76% unfrozen on the CPU).
-    With the earlier NCE warmup on one H100 (5 min): dev recall@5 0.70 after the warmup, 0.57 after
-    distillation; test NQ EM 28% against 0% closed-book, 96% with the gold passage. This recipe has not yet
-    run end to end. Numbers and commands: docs/benchmarks.md."""
+      to 4.14 (in the context: 3.78); trained, gold-passage EM 95% at t=29 against 76% at t=21.
+    - A reader stage: J_gen at lr 1e-4 (at 1.25e-5 it did not learn to read), the retrieval path frozen
+      (so the warmup's retrieval and its index vectors stay exactly), 6 of 8 examples per step a training
+      question reading its 5 BM25 candidates (train on as many passages as it will read), with no gradient
+      through the passages' own forward (the CPU cost of a step is then about a forward over its passages).
+      The other 2, then a stage of their own: true/false statements built from the passages, each read with
+      its source passage alone (FEVER's answer format, taught without FEVER data).
+    - 600 training questions per seen task: the warmup's prompt cache costs seconds, not a minute.
+    - No self-distillation: on the GPU runs it took dev recall@5 from 0.70-0.77 to 0.53-0.57.
+    - Decoding and the reader stage in bf16 autocast where the CPU (AVX512-BF16 / AMX) or GPU has it.
+    Numbers and commands: docs/benchmarks.md."""
+    cached, read, verify, limit = SMOLLM2_STEPS[size_name]
     return replace(
-        size,
+        SIZES[size_name],
         b=7,
         t=29,
         lr_warmup=1e-4,
         schedule="constant",
         nce_tau=1.0,
-        cached_warmup_steps=300,
+        cached_warmup_steps=cached,
         paper_state=False,
+        passage_grad=False,
+        free_tasks=EVIDENCE_TASKS,  # a pretrained reader needs the answer format, not LM upkeep
+        free_ratio=0.25,
+        evidence_distractors=False,
+        train_limit=600,
         warmup_steps=0,
-        read_steps=max(size.read_steps, size.warmup_steps // 2),
+        joint_steps=0,
+        read_steps=read,
+        verify_steps=verify,
         read_lr_scale=1.0,
-        distill_batch=max(size.distill_batch, 16),
+        distill_steps=0,
+        distill_batch=8,
+        eval_limit=limit,
     )
 
 
@@ -160,10 +189,14 @@ def smollm2_size(size: DemoSize) -> DemoSize:
 class DemoConfig:
     out: Path = Path("runs/demo")
     size: str = "small"
-    backbone: str = "tiny"  # tiny | smollm2
+    backbone: str = (
+        "smollm2"  # smollm2 (real weights) | tiny (a random Llama trained here: the CI smoke size)
+    )
     seed: int = 0
     train_minutes: float | None = None  # a time budget for training (None: the size's step counts)
-    methods: list[str] = field(default_factory=lambda: ["imprag", "rag-bm25", "closed-book", "oracle"])
+    methods: list[str] = field(
+        default_factory=lambda: ["imprag", "rag-bm25", "rag-dense", "closed-book", "oracle"]
+    )
     # a folder in the world layout (imprag.demo.layout) used in place of the generated world (None: generate)
     world: Path | None = None
 
@@ -186,8 +219,10 @@ class DemoConfig:
 class Demo:
     def __init__(self, cfg: DemoConfig):
         self.cfg = cfg
-        self.size = SIZES[cfg.size] if cfg.backbone == "tiny" else smollm2_size(SIZES[cfg.size])
+        self.size = SIZES[cfg.size] if cfg.backbone == "tiny" else smollm2_size(cfg.size)
         self.device = "cuda" if _cuda() else "cpu"
+        # bf16 autocast for the real backbone where the hardware has it (the tiny one stays fp32)
+        self.precision = "bf16" if cfg.backbone == "smollm2" and _bf16_fast(self.device) else "fp32"
         self.out = cfg.out
         self.timings: dict[str, float] = {}
 
@@ -221,9 +256,15 @@ class Demo:
     def task_file(self, task: str, split: str, world: Path | None = None) -> Path:
         return (world or self.world) / "tasks" / task / f"{split}.jsonl"
 
+    @property
+    def built_free(self) -> list[str]:
+        """Retrieval-free tasks built from the passages under --out: what a --world folder lacks, and the
+        true/false statements that teach FEVER's answer format (never taken from a world's FEVER files)."""
+        return [t for t in (*self.plan.build_free, *EVIDENCE_TASKS) if t in self.size.free_tasks]
+
     def free_task_file(self, task: str) -> Path:
         """A retrieval-free task's training file: the world's own, or the one built under --out."""
-        if task in self.plan.build_free:
+        if task in self.built_free:
             return self.out / "free" / task / "train.jsonl"
         return self.task_file(task, "train")
 
@@ -248,10 +289,11 @@ class Demo:
             )
 
     def make_backbone(self) -> Path:
-        if self.cfg.backbone == "smollm2":
+        if self.cfg.backbone == "smollm2":  # converted once per machine, shared by every run
             from imprag.model.pull import pull
+            from imprag.retrievers.base import default_cache_dir
 
-            path = self.out / "backbone"
+            path = default_cache_dir() / "models" / "smollm2"
             self._step("backbone", path / "imprag.json", lambda: pull("smollm2", path))
             return path
         init = self.out / "backbone" / "init"
@@ -340,7 +382,7 @@ class Demo:
 
     def make_free_tasks(self) -> None:
         """Build the retrieval-free training tasks a --world folder lacks (imprag.data.retrieval_free)."""
-        for task in self.plan.build_free:
+        for task in self.built_free:
             self._step(f"free {task}", self.free_task_file(task), lambda task=task: self._build_free(task))
 
     def _build_free(self, task: str) -> None:
@@ -357,7 +399,7 @@ class Demo:
             rows = rf.rc_rows(load_examples(self.task_file("nq", "train"), "nq"), by_id, seed, FREE_LIMIT)
         else:
             random.Random(f"demo-free:{task}:{seed}").shuffle(passages)  # a sample of a big corpus
-            build = rf.denoise_rows if task == "denoise" else rf.nextsent_rows
+            build = {"denoise": rf.denoise_rows, "nextsent": rf.nextsent_rows, "verify": rf.verify_rows}[task]
             rows = build(passages, seed, FREE_LIMIT)
         if not rows:
             log.warning("[free %s] no passage gave an example: %s is left out of training", task, task)
@@ -399,10 +441,16 @@ class Demo:
         s = self.size
         out = self.out / "train"
         mined = self.out / "mined"
-        # a task built from a --world folder's passages that gave no example is left out
+        # a task built from a --world folder's passages that gave no example is left out; the true/false
+        # statements read their source passage through the middle layers
         free = [
-            SourceConfig(path=str(path), task=t)
-            for t in ("rc", "denoise", "nextsent")
+            SourceConfig(
+                path=str(path),
+                task=t,
+                read_provenance=t in EVIDENCE_TASKS,
+                read_distractors=s.evidence_distractors,
+            )
+            for t in s.free_tasks
             if not _empty_file(path := self.free_task_file(t))
         ]
         warmup = StageConfig(
@@ -411,7 +459,9 @@ class Demo:
 
         def later(**stage: Any) -> StageConfig:
             """A stage after the warmup: J_gen on, batch distill_batch."""
-            return StageConfig(lm_weight=1.0, batch_size=s.distill_batch, **stage)
+            return StageConfig(
+                lm_weight=1.0, batch_size=s.distill_batch, passage_grad=s.passage_grad, **stage
+            )
 
         # the reader learns while NCE keeps retrieval supervised (the paper's warmup). Measured on the
         # full size: 120 distillation steps straight after the retrieval-only warmup took dev recall@5
@@ -422,6 +472,18 @@ class Demo:
         read = later(
             name="read", objective="lm", steps=s.read_steps, lr_scale=s.read_lr_scale, freeze_retrieval=True
         )
+        # the true/false statements alone: in mixed batches (2 of 8) 48-160 of them left every FEVER answer the
+        # same; 320 in a row after reading took FEVER-style test accuracy to 62-68% (demo world, CPU)
+        verify = later(
+            name="verify",
+            objective="lm",
+            steps=s.verify_steps,
+            lr_scale=s.read_lr_scale,
+            freeze_retrieval=True,
+            retrieval_ratio=0.0,
+            retrieval_free_ratio=1.0,
+            plain_text_ratio=0.0,
+        )
         # a gentler stage: the reader's likelihoods are a young teacher, and at the warmup's learning
         # rate the LM loss and a noisy teacher undo what the warmup learned
         distill = later(name="distill", objective="distill", steps=s.distill_steps, lr_scale=0.1)
@@ -430,10 +492,13 @@ class Demo:
             model=ModelConfig(path=str(backbone), b=s.b, t=s.t, **(PAPER_RETRIEVAL if s.paper_state else {})),
             data=DataConfig(
                 passages=str(self.passages),
-                retrieval=[SourceConfig(path=str(mined / f"{t}-train.jsonl")) for t in self.plan.train],
+                retrieval=[
+                    SourceConfig(path=str(mined / f"{t}-train.jsonl"), limit=s.train_limit)
+                    for t in self.plan.train
+                ],
                 retrieval_free=free,
-                retrieval_ratio=0.7,
-                retrieval_free_ratio=0.3,
+                retrieval_ratio=1.0 - s.free_ratio,
+                retrieval_free_ratio=s.free_ratio,
                 plain_text_ratio=0.0,
                 positives=s.positives,
                 hard_negatives=s.hard_negatives,
@@ -441,7 +506,7 @@ class Demo:
                 distill_candidates=s.k,
             ),
             cached_warmup=CachedWarmupConfig(steps=s.cached_warmup_steps, batch_size=s.warmup_batch),
-            stages=[st for st in (warmup, joint, read, distill) if st.steps],
+            stages=[st for st in (warmup, joint, read, verify, distill) if st.steps],
             loss=LossConfig(tau_t=1.0, tau_r=s.nce_tau, nce_tau=s.nce_tau),
             optim=OptimConfig(lr=s.lr_warmup, schedule=s.schedule, warmup_steps=10, min_lr_ratio=0.1),
             eval=EvalConfig(
@@ -451,6 +516,7 @@ class Demo:
                 max_examples=200,
             ),
             seed=self.cfg.seed,
+            precision=self.precision,  # type: ignore[arg-type]
             max_minutes=self.cfg.train_minutes,
             save_every=max(50, s.warmup_steps // 2),
             resume=(out / "checkpoints").exists(),
@@ -473,8 +539,9 @@ class Demo:
 
         def run():
             model = ImpRAG.from_pretrained(model_dir, device=self.device)
-            build_index(
-                IndexBuildConfig(out=out, passages=self.passages, dtype="float32"), model_encoder(model)
+            build_index(  # the training's stored passage vectors when still valid (no second pass)
+                IndexBuildConfig(out=out, passages=self.passages, dtype="float32"),
+                model_encoder(model, source=model_dir),
             )
 
         self._step("index", out / "metadata.json", run)
@@ -487,6 +554,7 @@ class Demo:
         for task, why in self.plan.skipped.items():
             log.info("[eval] %s skipped: %s", task, why)
         model = ImpRAG.from_pretrained(model_dir, device=self.device)
+        model.decode_precision = self.precision
         runs = []
         for method in self.cfg.methods:
             for task in self.plan.evaluate:
@@ -502,9 +570,10 @@ class Demo:
                     passages=self.passages,
                     k=self.size.k,
                     limit=self.size.eval_limit,
-                    batch_size=16,
+                    batch_size=min(self.size.eval_limit, 32),  # a task's questions in one batch
                     max_new_tokens=16,
                     cache_dir=self.out / "cache",
+                    precision=self.precision,
                     show_progress=False,
                 )
                 self._step(
@@ -533,6 +602,7 @@ class Demo:
         from imprag.rag import answer
 
         model = ImpRAG.from_pretrained(model_dir, device=self.device)
+        model.decode_precision = self.precision
         idx = Index.load(index, model=model)
         task = "nq" if "nq" in self.plan.evaluate else self.plan.evaluate[0]
         examples = load_examples(self.task_file(task, "test"), task, limit=n)
@@ -595,6 +665,15 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _bf16_fast(device: str) -> bool:
+    """bf16 matrix units: a GPU that supports bf16, or a CPU with AVX512-BF16 / AMX (oneDNN)."""
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _device_name(device: str) -> str:

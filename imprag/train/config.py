@@ -50,6 +50,11 @@ class SourceConfig:
         "read each row's provenance passages (data.passages ids) through the middle layers for J_gen, filled "
         "up to data.read_passages with other passages; never retrieval targets",
     )
+    read_distractors: bool = option(
+        True,
+        "with read_provenance: fill up to data.read_passages with other passages (false: the provenance "
+        "alone, a step's cheapest reading)",
+    )
 
 
 @dataclass
@@ -101,6 +106,11 @@ class StageConfig:
         "leave the retrieval path unchanged (embeddings, layers 0..b-1, layer b's norm and q/k projections): "
         "a reader-only stage, after which an index built before it stays valid",
     )
+    retrieval_ratio: float | None = option(None, "this stage's share of retrieval examples (default data's)")
+    retrieval_free_ratio: float | None = option(
+        None, "this stage's share of retrieval-free examples (default data's)"
+    )
+    plain_text_ratio: float | None = option(None, "this stage's share of plain passages (default data's)")
     passage_grad: bool = option(
         True,
         "gradient through the read passages' own forward (false: their key/value are computed without "
@@ -235,6 +245,9 @@ class TrainConfig:
         for n, st in enumerate(self.stages):
             if st.lr_scale <= 0:
                 raise UserError(f"--stages.{n}.lr_scale must be > 0 (got {st.lr_scale})")
+            for name in ("retrieval_ratio", "retrieval_free_ratio", "plain_text_ratio"):
+                if (getattr(st, name) or 0) < 0:
+                    raise UserError(f"--stages.{n}.{name} must be >= 0 (got {getattr(st, name)})")
         d = self.data
         for name in ("retrieval_ratio", "retrieval_free_ratio", "plain_text_ratio"):
             if getattr(d, name) < 0:

@@ -48,6 +48,7 @@ class LMExample:
     source: str = ""
     plain: bool = False  # plain text: every token is a target
     read: list[str] = field(default_factory=list)  # passage ids read by the middle layers (read_provenance)
+    distractors: bool = True  # `read` is filled up to data.read_passages with other passages
 
 
 @dataclass
@@ -197,6 +198,7 @@ def load_retrieval_free(
     for lm, ex in zip(out, examples):
         try:
             lm.read = _provenance_ids(ex, passages or {}, where)
+            lm.distractors = src.read_distractors
         except UserError as e:
             if on_error == "fail":
                 raise
@@ -347,10 +349,9 @@ class Mixture:
         if st.lm_weight == 0:  # retrieval only: LM-only examples would contribute nothing
             ratios = {"retrieval": 1.0, "retrieval_free": 0.0, "plain_text": 0.0}
         else:
-            ratios = {
-                "retrieval": d.retrieval_ratio,
-                "retrieval_free": d.retrieval_free_ratio,
-                "plain_text": d.plain_text_ratio,
+            ratios = {  # the stage's own shares where it sets them
+                g: r if (r := getattr(st, f"{g}_ratio")) is not None else getattr(d, f"{g}_ratio")
+                for g in GROUPS
             }
         ratios = {g: (r if self.size(g) else 0.0) for g, r in ratios.items()}
         total = sum(ratios.values())

@@ -162,12 +162,13 @@ class TrainObjective(nn.Module):
 
     # ------------------------------------------------------------------ rows that read their provenance
     def read_ids(self, ex: LMExample) -> list[str]:
-        """The passage ids an evidence row reads: its own first, then distractors up to read_passages from a
-        generator seeded by the example id (every process and a resumed run draw the same)."""
+        """The passage ids an evidence row reads: its own first, then (unless the source reads no distractors)
+        others up to read_passages from a generator seeded by the example id (every process and a resumed run
+        draw the same)."""
         n = self.read_passages
         own = ex.read[:n]
         extra = n - len(own)
-        if extra <= 0:
+        if extra <= 0 or not ex.distractors:
             return own
         rng = random.Random(f"read:{self.cfg.seed}:{ex.id}")
         if len(self._pids) <= n + len(ex.read):  # a tiny corpus: every other passage, shuffled
