@@ -18,23 +18,16 @@ an interrupted run is re-run with the same command):
     eval       imprag eval --method imprag|rag-bm25|rag-dense|closed-book on both dev files (--limit)
     report     imprag report + OUT/summary.md (EM, answer recall, retrieval table, training cost)
 
-Budget of the CPU profile, measured on 2 cores shared with 3-4 other jobs (OMP_NUM_THREADS=1, so each
-job gets ~0.5 core; see docs/benchmarks.md): mine 1 min, train 7 min, index 23 min, retrieval 3 min,
-eval ~25 min (closed-book, rag-bm25 and rag-dense run in a second process beside the index). That is
-~35 min of wall time only with the eval overlapped with the index; on an idle machine with 2 threads it
-is roughly half. What the CPU profile cuts against the GPU recipe (configs/nq_smollm2_cpu.yaml marks
-each CUT): LoRA r=16 instead of full fine-tuning; passages cut to 64 tokens (l_max 64, GPU 128); a
-60-step retrieval-only warmup (batch 16, 1 positive per pseudo-label file + 1 hard negative; GPU: 4
-epochs, 5 positives, 4 hard negatives, batch 64) and no reader or self-distillation stage (GPU: 1 and
-0.5 epochs); EM on
-the first 40 NQ / 20 HotpotQA dev questions with k=5 (GPU: all, k=10). Retrieval recall is always
-measured on the whole dev files (500 NQ, 100 HotpotQA).
-
-The GPU profile's previous version (full fine-tuning, 6 warmup epochs, a training budget of max_minutes 3)
-ran on one H100: train 204 s, index 19 s, retrieval 42 s, the one evaluation that finished (ImpRAG, 500 NQ
-questions, k=10) 29 s; the others ran out of memory beside another job (docs/benchmarks.md). The committed
-version (4 warmup epochs, a reader epoch with the retrieval path frozen, half an epoch of distillation,
-max_minutes 5) has not run yet. Run the evaluations one at a time on a GPU shared with other jobs.
+CPU profile (configs/nq_smollm2_cpu.yaml, the demo's recipe on real data): the cached warmup (3,000
+steps over the 12,585 passages' cached layer-7 inputs, gold labels, title pseudo-queries), then 60
+reader steps (8 questions reading BM25's top 5 through layers 7..29, the retrieval path frozen, no
+gradient through the passages' own forward, bf16 autocast). The index is the warmup's stored vectors
+(seconds). Measured (one thread, beside other jobs; docs/benchmarks.md): the layer-7 cache ~25 min (it
+was reused from an earlier run: `--cached_warmup.cache_dir`), warmup ~14 min, reader ~21 min, index
+14 s. What it cuts against the GPU profile: 5 of k=10 passages read; 3,000 warmup steps; 60 reader
+steps (~0.3 epoch); no distillation; EM on the first --nq-limit / --hotpot-limit dev questions
+(default all 500 / 100; the measured run used 100 / 50). `--retrievers bm25` leaves the dense
+retriever out of the retrieval table (it embeds the corpus once: ~4 min on 2 idle cores).
 """
 
 from __future__ import annotations
@@ -99,6 +92,7 @@ def recall_table(
     data: dict[str, Path],
     passages: Path,
     cache_dir: Path,
+    retrievers: tuple[str, ...] = RETRIEVERS,
 ) -> dict[str, Any]:
     """Answer and gold-passage recall@k of the implicit query (trained, and untrained when given), BM25 and
     dense, each question's whole prompt as the explicit retrievers' query, over every dev question."""
@@ -124,7 +118,7 @@ def recall_table(
             name: index.retrieve(model, [e.prompt for e in exs], k=top) for name, exs in examples.items()
         }
     lookup = PassageLookup(passages)
-    for name in RETRIEVERS:
+    for name in retrievers:
         retriever = load_retriever(name, passages, cache_dir=cache_dir)
         ranked[name] = {}
         for task, exs in examples.items():
@@ -221,6 +215,11 @@ def main() -> None:
     ap.add_argument("--hotpot-limit", type=int, default=None, help="HotpotQA dev questions generated")
     ap.add_argument("-k", type=int, default=None, help="passages read per question in eval (profile default)")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument(
+        "--retrievers",
+        default=",".join(RETRIEVERS),
+        help="explicit retrievers in the retrieval table (dense embeds the corpus once: ~4 min on 2 idle cores)",
+    )
     ap.add_argument("--only", default=",".join(STEPS), help=f"comma-separated steps of {', '.join(STEPS)}")
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS (1 on a shared CPU)")
     ap.add_argument(
@@ -348,6 +347,7 @@ def main() -> None:
             dev,
             passages,
             args.cache_dir or Path(os.environ.get("IMPRAG_CACHE", Path.home() / ".cache" / "imprag")),
+            tuple(r.strip() for r in args.retrievers.split(",") if r.strip()),
         )
         (out / "retrieval.json").write_text(json.dumps(table, indent=1))
         (out / "retrieval.md").write_text(recall_markdown(table))
