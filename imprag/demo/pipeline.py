@@ -554,8 +554,7 @@ class Demo:
 
         for task, why in self.plan.skipped.items():
             log.info("[eval] %s skipped: %s", task, why)
-        model = ImpRAG.from_pretrained(model_dir, device=self.device)
-        model.decode_precision = self.precision
+        model = ImpRAG.from_pretrained(model_dir, device=self.device)  # run_eval sets its decode precision
         runs = []
         for method in self.cfg.methods:
             for task in self.plan.evaluate:

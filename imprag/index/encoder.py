@@ -27,16 +27,17 @@ def model_encoder(model: Any, max_length: int | None = None, source: str | Path 
             len(stored),
         )
 
+    def run_model(texts: list[str]):
+        return model.embed_passages(texts, batch_size=len(texts), max_length=limit).numpy()
+
     def embed(texts: list[str]):
-        found = [stored.get(text_digest(t)) for t in texts] if stored else [None] * len(texts)
+        if not stored:
+            return run_model(texts)
+        found = [stored.get(text_digest(t)) for t in texts]
         todo = [i for i, v in enumerate(found) if v is None]
-        if not todo:
-            return np.stack(found)  # type: ignore[arg-type]
-        new = model.embed_passages([texts[i] for i in todo], batch_size=len(todo), max_length=limit).numpy()
-        if len(todo) == len(texts):
-            return new
-        for i, v in zip(todo, new):
-            found[i] = v
+        if todo:  # passages the training run did not see
+            for i, v in zip(todo, run_model([texts[i] for i in todo])):
+                found[i] = v
         return np.stack(found)  # type: ignore[arg-type]
 
     info: dict[str, Any] = {"b": model.config.b, "state": model.config.state, "max_length": limit}
