@@ -7,13 +7,17 @@ Side by side in one run (interleaved, medians), on real Wikipedia passages cut t
    `decode_precision = "bf16"` (autocast; the retrieval vectors stay fp32);
 2. one reader training step (J_gen forward + backward over a batch whose prompts read k passages):
    `passage_grad` true against false (the passages' key/value computed without autograd), each in fp32
-   and under bf16 autocast.
+   and under bf16 autocast;
+3. an evaluation's decoding (bf16), 4 batches whose prompts read k passages drawn from a pool of half as
+   many as they read (questions and methods share passages): the concatenating reader, the independent
+   reader, and the independent reader with a `PassageKVCache` (fresh each repeat).
 Ratios are what to read; absolute times drift on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 from contextlib import nullcontext
 
@@ -22,6 +26,7 @@ from _common import REPO, interleaved, wiki_passages  # type: ignore[import-not-
 
 sys.path.insert(0, str(REPO))
 from imprag.model.imprag import ImpRAG  # noqa: E402
+from imprag.model.passage_cache import PassageKVCache  # noqa: E402
 from imprag.passage import passage_text  # noqa: E402
 
 
@@ -77,6 +82,32 @@ def main() -> None:
     print("\n| reader training step | s | tokens/s | vs passage_grad True, fp32 |\n|---|---:|---:|---:|")
     for name, s in tr.items():
         print(f"| {name} | {s:.2f} | {tokens / s:.0f} | {base / s:.2f}x |")
+    model.lm.eval()
+    model.decode_precision = "bf16"
+    rng = random.Random(0)
+    pool = texts[: max(args.k, args.batch * args.k // 2)]
+    batches = [[rng.sample(pool, args.k) for _ in prompts] for _ in range(4)]
+
+    def evaluate(reader: str, cached: bool):
+        def run() -> None:
+            model.config.reader = reader
+            model.passage_cache = PassageKVCache() if cached else None
+            for read in batches:
+                model.generate(prompts, read, max_new_tokens=8)
+
+        return run
+
+    ev = interleaved(
+        {
+            "concat": evaluate("concat", False),
+            "independent": evaluate("independent", False),
+            "independent + PassageKVCache": evaluate("independent", True),
+        },
+        args.repeats,
+    )
+    print(f"\n| 4 batches, {len(pool)} distinct passages (bf16) | s | vs concat |\n|---|---:|---:|")
+    for name, s in ev.items():
+        print(f"| {name} | {s:.2f} | {ev['concat'] / s:.2f}x |")
 
 
 if __name__ == "__main__":

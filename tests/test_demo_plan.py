@@ -27,7 +27,7 @@ def test_every_plan_validates_and_starts_with_a_retrieval_warmup(tmp_path, size)
             assert (first.name, first.objective, first.lm_weight) == ("warmup", "nce", 0.0)
             assert cfg.cached_warmup.steps == 0 and cfg.stages[-1].objective == "distill"
         else:  # the cached warmup trains retrieval before a reader stage that leaves it as it is
-            assert cfg.cached_warmup.steps > 0 and [s.name for s in cfg.stages] == ["verify", "read"]
+            assert cfg.cached_warmup.steps > 0 and [s.name for s in cfg.stages] == ["read"]
             assert first.freeze_retrieval and not first.passage_grad
         assert all(s.steps > 0 for s in cfg.stages)
 
@@ -46,16 +46,16 @@ def test_smollm2_plan_reads_from_layer_b_to_the_top_at_the_full_learning_rate(tm
     cfg = plan(tmp_path, "smollm2", "small")
     assert (cfg.model.b, cfg.model.t) == (7, 29)  # SmolLM2-135M has 30 layers
     assert (cfg.cached_warmup.steps, cfg.cached_warmup.batch_size, cfg.cached_warmup.lr) == (300, 64, 1e-3)
-    assert stages(cfg) == [("verify", "lm", 28, 1.0, 1.0, True), ("read", "lm", 28, 1.0, 1.0, True)]
-    assert [s.batch_size for s in cfg.stages] == [8, 8]
+    assert stages(cfg) == [("read", "lm", 28, 1.0, 1.0, True)]
+    assert [s.batch_size for s in cfg.stages] == [8]
     assert not any(s.passage_grad for s in cfg.stages)
     assert (cfg.optim.lr, cfg.optim.schedule) == (1e-4, "constant")
     assert [s.limit for s in cfg.data.retrieval] == [600, 600]
-    # a stage of their own, then a quarter of the reader's batches: true/false statements reading their
-    # source passage alone (FEVER's format)
+    # a quarter of the reader's batches: true/false statements reading their source passage alone (FEVER's
+    # format); the stage keeps the data's shares
     assert (cfg.data.retrieval_ratio, cfg.data.retrieval_free_ratio) == (0.75, 0.25)
-    verify = cfg.stages[0]
-    assert (verify.retrieval_ratio, verify.retrieval_free_ratio, verify.plain_text_ratio) == (0.0, 1.0, 0.0)
+    read = cfg.stages[0]
+    assert (read.retrieval_ratio, read.retrieval_free_ratio, read.plain_text_ratio) == (None, None, None)
     free = [(s.task, s.read_provenance, s.read_distractors) for s in cfg.data.retrieval_free]
     assert free == [("verify", True, False)]
     assert cfg.model.pooling is None  # the default retrieval state, not the paper's

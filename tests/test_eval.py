@@ -317,6 +317,40 @@ def test_fever_answers_map_to_true_false():
     assert answer_line("\n \n") == ""
 
 
+def test_fever_is_answered_by_the_label_whose_first_token_scores_higher(tiny_model_dir, tmp_path):
+    import torch
+
+    from imprag.data.example import Example
+    from imprag.data.tasks import apply_template
+    from imprag.eval.methods import ClosedBook, Oracle, PassageLookup
+    from imprag.model.imprag import ImpRAG
+    from imprag.passage import passage_text
+
+    model = ImpRAG.from_pretrained(tiny_model_dir)
+    fever = get_task("fever")
+    claims = ["Mira Quell wrote The Silent King.", "The Sena flows south.", "Tom Ardent is a singer."]
+    examples = [
+        Example(f"c{i}", "fever", c, apply_template("fever", c), ["SUPPORTS"]) for i, c in enumerate(claims)
+    ]
+    lookup = PassageLookup(write_passages(tmp_path / "p.jsonl"))
+    gold = [[lookup.get("p2")], [lookup.get("p4")], [lookup.get("p7")]]
+    true_id, false_id = (
+        model.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in (" True", " False")
+    )
+    assert true_id != false_id
+    oracle = Oracle(model, lookup, K)
+    oracle.gold_passages = lambda e: gold[int(e.id[1:])]  # type: ignore[method-assign]
+    for method, read in ((ClosedBook(model), None), (oracle, gold)):
+        outputs = method.run(examples, fever, MAX_NEW)
+        for i, (ex, out) in enumerate(zip(examples, outputs)):
+            ids, mask = model.encode_prompts([ex.prompt], with_passages=read is not None)
+            passages = None if read is None else model.tokenize_passages([[passage_text(p) for p in read[i]]])
+            with torch.no_grad():
+                logits = model.forward(ids, mask, passages=passages).logits[0, -1]
+            want = "True" if logits[true_id] > logits[false_id] else "False"
+            assert out.answer == want and out.text.strip() == want
+
+
 def test_resume_reuses_finished_batches(world, tmp_path):
     out = tmp_path / "resume"
     assert main(eval_args(world, "rag-bm25", out, "nq", "--limit", "3")) == 0  # batches 0 (2 ex), 1 (1 ex)

@@ -11,6 +11,7 @@ from torch.testing import assert_close
 from imprag.errors import UserError
 from imprag.model.config import PAPER_RETRIEVAL, ImpRAGConfig
 from imprag.model.imprag import ImpRAG
+from imprag.model.layer_groups import attention_mask_4d
 from imprag.model.tiny import build_tokenizer, tiny_model
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3"]
@@ -425,3 +426,27 @@ def test_bf16_decoding_runs_under_autocast_only_inside_steps(tok):
     assert m.embed_queries(PROMPTS).dtype == torch.float32
     same = sum(a == b for x, y in zip(fp32, bf16) for a, b in zip(x.token_ids, y.token_ids))
     assert same >= 0.5 * sum(len(x.token_ids) for x in fp32)
+
+
+@pytest.mark.parametrize("mode", ["concat", "independent"])
+def test_right_padded_passages_use_the_causal_kernel_with_the_same_states(mode, tok, monkeypatch):
+    m = make("llama", tok, reader=mode)
+    assert m.lm.config._attn_implementation == "sdpa"
+    read = m.tokenize_passages(PASSAGES)  # passages of several lengths: right-padded rows
+    assert m._self_attention_mask(read.attention_mask, torch.float32) is None
+    left = m.encode_prompts(PROMPTS, "left")[1]
+    assert m._self_attention_mask(left, torch.float32).shape == (3, 1, left.shape[1], left.shape[1])
+    with torch.no_grad():
+        fast, valid = m.encode_passages(read)
+        fast_states = m.passage_states(read.input_ids, read.attention_mask)
+        monkeypatch.setattr(
+            ImpRAG,
+            "_self_attention_mask",
+            lambda self, a, d: attention_mask_4d(a.bool(), a.shape[1], None, d),
+        )
+        want, _ = m.encode_passages(read)
+        want_states = m.passage_states(read.input_ids, read.attention_mask)
+    for i in want:
+        for f, w in zip(fast[i], want[i]):
+            assert_close(f.transpose(1, 2)[valid], w.transpose(1, 2)[valid])
+    assert_close(fast_states, want_states)

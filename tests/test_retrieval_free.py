@@ -92,7 +92,7 @@ def _people(n: int = 12) -> list[dict]:
                  f"{first[i % 4]} {last[i % 3]} was a painter."}
         for i in range(n)
     ]  # fmt: skip
-    out.append({"id": "v-notitle-in-text", "title": "Zed Orr", "text": "He was born in Lima in 1900."})
+    out.append({"id": "v-notitle-in-text", "title": "Zed Orr", "text": "Lima was founded in 1900."})
     out.append({"id": "v-untitled", "title": "", "text": "Mo Fen was born in Lima in 1901."})
     return out
 
@@ -123,7 +123,7 @@ def test_verify_rows_are_true_sentences_or_one_phrase_swapped(tmp_path):
         (prov,) = row["output"][1]["provenance"]
         p = by_id[prov["passage_id"]]
         assert prov["title"] == p["title"] and p["title"] in row["input"]
-        own = rf.sentences(p["text"])
+        own = [rf.about_title(p["title"], x) for x in rf.sentences(p["text"])]
         if label == "True":
             assert row["input"] in own
             continue
@@ -142,6 +142,44 @@ def test_verify_rows_are_true_sentences_or_one_phrase_swapped(tmp_path):
     fever_key = template_key(apply_template("fever", "Kate Hudson is an actress."))
     assert {template_key(ex.prompt) for ex in examples} == {fever_key} == {"fever"}
     assert examples[0].prompt == apply_template("fever", rows[0]["input"])
+
+
+def test_about_title_restates_a_sentence_with_the_title_as_its_subject():
+    title = "Masays Pamock"
+    assert rf.about_title(title, "Masays Pamock was born in 1827.") == "Masays Pamock was born in 1827."
+    assert rf.about_title(title, "She graduated from Rouverur University.") == (
+        "Masays Pamock graduated from Rouverur University."
+    )
+    assert (
+        rf.about_title(title, "Her first book appeared in 1850.")
+        == "Masays Pamock's first book appeared in 1850."
+    )
+    assert rf.about_title(title, "Pamock was employed by Shakri Polytechnic.") == (
+        "Masays Pamock was employed by Shakri Polytechnic."
+    )
+    assert rf.about_title(title, "Pamock's students became well known.") == (
+        "Masays Pamock's students became well known."
+    )
+    # about something else, or a one-word title whose "surname" is the whole title: not a claim about it
+    assert rf.about_title(title, "Rouverur University was founded in 1700.") is None
+    assert rf.about_title(title, "It") is None
+    assert rf.about_title("Lima", "Limas are animals.") is None
+
+
+def test_verify_swaps_a_number_for_one_of_its_length():
+    passages = [
+        {"id": "a", "title": "Ala Marsk", "text": "Ala Marsk was born in 1827. She had 12,000 books."},
+        {"id": "b", "title": "Bren Tolven", "text": "Bren Tolven was born in 1901. He had 53,000 books."},
+    ]
+    swaps = []
+    for row in rf.verify_rows(passages * 20, seed=3):
+        if row["output"][0]["answer"] == "False":
+            own = {p["id"]: p for p in passages}[row["output"][1]["provenance"][0]["passage_id"]]
+            claims = [rf.about_title(own["title"], x) for x in rf.sentences(own["text"])]
+            ((old, new),) = [s for s in (_one_swap(row["input"], c) for c in claims if c) if s]
+            swaps.append((old, new))
+    assert {len(old) for old, _ in swaps} == {4, 6}  # both kinds were swapped, each for its own kind
+    assert all(len(old) == len(new) and old != new for old, new in swaps)
 
 
 def test_verify_is_kept_apart_from_the_tasks_the_demo_builds():

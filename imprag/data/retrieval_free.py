@@ -129,10 +129,11 @@ def rc_rows(
 
 
 def _shape(phrase: str) -> str:
-    """The kind of a phrase: number (every word a number), name (every word capitalised) or mixed."""
+    """The kind of a phrase: a number of its length (a year for a year), name (every word capitalised) or
+    mixed."""
     words = phrase.split()
     if all(w[0].isdigit() for w in words):
-        return "number"
+        return f"number:{len(phrase)}"
     return "name" if all(w[0].isupper() for w in words) else "mixed"
 
 
@@ -168,11 +169,29 @@ def _swap_one(
     return None
 
 
+_SUBJECT = {"It": "", "He": "", "She": "", "They": "", "Its": "'s", "His": "'s", "Her": "'s", "Their": "'s"}
+
+
+def about_title(title: str, sentence: str) -> str | None:
+    """The sentence as a claim about the passage's title: as it is when it names the title, with a leading
+    pronoun ("It", "His", ...) or the title's last word (a surname) replaced by the title, else None.
+    Passages name their subject once and then say "He ..." or "Liamley ...": claims name it in full."""
+    if re.search(rf"(?<!\w){re.escape(title)}(?!\w)", sentence):
+        return sentence
+    first, _, rest = sentence.partition(" ")
+    if first in _SUBJECT and rest:
+        return f"{title}{_SUBJECT[first]} {rest}"
+    last = title.split()[-1]
+    if len(title.split()) > 1 and first in (last, f"{last}'s") and rest:
+        return f"{title}{first[len(last) :]} {rest}"
+    return None
+
+
 def verify_rows(
     passages: Sequence[Mapping[str, Any]], seed: int = 0, limit: int | None = None
 ) -> list[Record]:
-    """A sentence of each passage that names its title (and has a phrase to swap), in as the statement.
-    Rows alternate: even ones keep the sentence (answer "True"), odd ones swap one name or number for one
+    """A sentence of each passage restated about its title (`about_title`, with a phrase to swap) is the
+    statement. Rows alternate: even ones keep it (answer "True"), odd ones swap one name or number for one
     of the same shape from another passage ("False"). Provenance: the passage's id and title."""
     rng = random.Random(f"free-task:verify:{seed}")
     pool = _phrase_pool(passages)
@@ -184,7 +203,8 @@ def verify_rows(
         if not title or p.get("id") is None:
             continue
         # True and False rows draw from the same sentences: those a swap could change
-        usable = [s for s in sentences(text) if title in s and _swap_spans(title, s)]
+        claims = [c for c in (about_title(title, s) for s in sentences(text)) if c]
+        usable = [c for c in claims if _swap_spans(title, c)]
         if not usable:
             continue
         sentence = rng.choice(usable)

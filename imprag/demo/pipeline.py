@@ -83,9 +83,6 @@ class DemoSize:
     free_tasks: tuple[str, ...] = ("rc", "denoise", "nextsent", *EVIDENCE_TASKS)
     free_ratio: float = 0.3
     evidence_distractors: bool = True  # true/false statements read other passages beside their source
-    # before the reader stage: the retrieval-free tasks alone (the true/false statements for SmolLM2), batch
-    # distill_batch, the retrieval path frozen
-    verify_steps: int = 0
     train_limit: int | None = None  # training questions used per seen task (None: all)
 
 
@@ -135,8 +132,8 @@ SIZES = {
 }
 
 
-# per size for SmolLM2: (cached warmup steps, reader steps, true/false steps, test questions per task)
-SMOLLM2_STEPS = {"tiny": (30, 2, 1, 3), "small": (300, 28, 28, 16), "full": (300, 120, 60, 100)}
+# per size for SmolLM2: (cached warmup steps, reader steps, test questions per task)
+SMOLLM2_STEPS = {"tiny": (30, 2, 3), "small": (300, 28, 16), "full": (300, 120, 100)}
 
 
 def smollm2_size(size_name: str) -> DemoSize:
@@ -153,13 +150,15 @@ def smollm2_size(size_name: str) -> DemoSize:
       (so the warmup's retrieval and its index vectors stay exactly), 6 of 8 examples per step a training
       question reading its 5 BM25 candidates (train on as many passages as it will read), with no gradient
       through the passages' own forward (the CPU cost of a step is then about a forward over its passages).
-      The other 2 (and a stage of their own before it): true/false statements built from the passages, each
-      read with its source passage alone (FEVER's answer format, taught without FEVER data).
+      The other 2: true/false statements built from the passages, each read with its source passage alone
+      (FEVER's answer format, taught without FEVER data). A stage of them alone before it taught the format
+      but no judgement (its label loss stayed at chance, also at 4x the learning rate) and cost 78 s, so
+      there is none; evaluation answers FEVER by ranking its two labels.
     - 600 training questions per seen task: the warmup's prompt cache costs seconds, not a minute.
     - No self-distillation: on the GPU runs it took dev recall@5 from 0.70-0.77 to 0.53-0.57.
     - Decoding and the reader stage in bf16 autocast where the CPU (AVX512-BF16 / AMX) or GPU has it.
     Numbers and commands: docs/benchmarks.md."""
-    cached, read, verify, limit = SMOLLM2_STEPS[size_name]
+    cached, read, limit = SMOLLM2_STEPS[size_name]
     return replace(
         SIZES[size_name],
         b=7,
@@ -177,7 +176,6 @@ def smollm2_size(size_name: str) -> DemoSize:
         warmup_steps=0,
         joint_steps=0,
         read_steps=read,
-        verify_steps=verify,
         read_lr_scale=1.0,
         distill_steps=0,
         distill_batch=8,
@@ -472,19 +470,6 @@ class Demo:
         read = later(
             name="read", objective="lm", steps=s.read_steps, lr_scale=s.read_lr_scale, freeze_retrieval=True
         )
-        # before the reader stage, the true/false statements alone: in mixed batches 48-160 of them left every
-        # FEVER answer the same; 224 in a row (after reading) took FEVER oracle accuracy to 87.5% but NQ-style
-        # oracle EM from 75% to 50%, so the reader stage (2 of its 8 rows still true/false) comes last
-        verify = later(
-            name="verify",
-            objective="lm",
-            steps=s.verify_steps,
-            lr_scale=s.read_lr_scale,
-            freeze_retrieval=True,
-            retrieval_ratio=0.0,
-            retrieval_free_ratio=1.0,
-            plain_text_ratio=0.0,
-        )
         # a gentler stage: the reader's likelihoods are a young teacher, and at the warmup's learning
         # rate the LM loss and a noisy teacher undo what the warmup learned
         distill = later(name="distill", objective="distill", steps=s.distill_steps, lr_scale=0.1)
@@ -507,7 +492,7 @@ class Demo:
                 distill_candidates=s.k,
             ),
             cached_warmup=CachedWarmupConfig(steps=s.cached_warmup_steps, batch_size=s.warmup_batch),
-            stages=[st for st in (warmup, joint, verify, read, distill) if st.steps],
+            stages=[st for st in (warmup, joint, read, distill) if st.steps],
             loss=LossConfig(tau_t=1.0, tau_r=s.nce_tau, nce_tau=s.nce_tau),
             optim=OptimConfig(lr=s.lr_warmup, schedule=s.schedule, warmup_steps=10, min_lr_ratio=0.1),
             eval=EvalConfig(

@@ -11,7 +11,8 @@
 Each method maps a batch of Examples to MethodOutputs (the answer and the passages it used, best first).
 Decoding is greedy; the answer is the generation's first line with text: blank lines before it are
 skipped (an untrained model often starts with a newline after "A:"), the next newline ends it and the
-batch stops once every row has one. Answers are stripped; FEVER answers are mapped to True/False.
+batch stops once every row has one. Answers are stripped. FEVER is answered by choosing between its two
+labels (True/False) by the model's score of their first token.
 """
 
 from __future__ import annotations
@@ -80,6 +81,20 @@ def postprocess(spec: TaskSpec, text: str) -> str:
         if label is not None:
             return spec.to_model_answer(label)
     return answer
+
+
+def decode_options(model: Any, spec: TaskSpec, max_new_tokens: int) -> dict[str, Any]:
+    """generate_stream's arguments for a task. FEVER's answer is one of two labels: the label whose first
+    token the model scores higher after the prompt (one decoding step), so that a reader that answers
+    with a name instead is still asked to choose. Free text otherwise."""
+    if spec.kind != "fever":
+        return {"max_new_tokens": max_new_tokens}
+    # as training joins them: a space after the prompt's final ":" (imprag.train.collate)
+    words = [" " + spec.to_model_answer(label) for label in ("SUPPORTS", "REFUTES")]
+    first = [model.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words]
+    if first[0] == first[1]:  # a tokenizer that cannot tell them apart by one token: generate
+        return {"max_new_tokens": max_new_tokens}
+    return {"max_new_tokens": 1, "choices": first}
 
 
 def slim(p: Mapping[str, Any]) -> dict[str, Any]:
@@ -192,7 +207,8 @@ class ClosedBook:
         self.model = model
 
     def run(self, examples: list[Example], spec: TaskSpec, max_new_tokens: int) -> list[MethodOutput]:
-        stream = self.model.generate_stream([e.prompt for e in examples], None, max_new_tokens=max_new_tokens)
+        opts = decode_options(self.model, spec, max_new_tokens)
+        stream = self.model.generate_stream([e.prompt for e in examples], None, **opts)
         return _outputs(spec, decode_lines(stream), None)
 
 
@@ -221,7 +237,8 @@ class ImpRAGMethod:
         from imprag.rag import answer_stream
 
         prompts = [e.prompt for e in examples]
-        stream = answer_stream(self.model, self.index, prompts, self.k, max_new_tokens=max_new_tokens)
+        opts = decode_options(self.model, spec, max_new_tokens)
+        stream = answer_stream(self.model, self.index, prompts, self.k, **opts)
         answers = decode_lines(stream, get=lambda a: a.generation)
         return _outputs(spec, [a.generation for a in answers], [a.passages for a in answers])
 
@@ -248,7 +265,8 @@ class RetrieverRAG:
                 recs.append(rec)
             hits.append(recs)
         contexts = [ra_it_prompt(h, p) for h, p in zip(hits, prompts)]
-        gens = decode_lines(self.model.generate_stream(contexts, None, max_new_tokens=max_new_tokens))
+        opts = decode_options(self.model, spec, max_new_tokens)
+        gens = decode_lines(self.model.generate_stream(contexts, None, **opts))
         return _outputs(spec, gens, hits)
 
 
@@ -284,9 +302,8 @@ class Oracle:
         gold = [self.gold_passages(e) for e in examples]
         self.missing += sum(1 for g in gold if not g)
         texts = [[passage_text(p) for p in g] for g in gold]
-        stream = self.model.generate_stream(
-            [e.prompt for e in examples], texts, max_new_tokens=max_new_tokens
-        )
+        opts = decode_options(self.model, spec, max_new_tokens)
+        stream = self.model.generate_stream([e.prompt for e in examples], texts, **opts)
         return _outputs(spec, decode_lines(stream), gold)
 
 

@@ -45,7 +45,7 @@ BATCH_DIR = "batches"
 DEFAULT_KS = (1, 5, 10)
 DECODING = (
     "greedy; answer = the first line of the generation that has text (leading newlines skipped), "
-    "stripped; FEVER answers mapped to True/False"
+    "stripped; FEVER: the label (True/False) whose first token the model scores higher, one step"
 )
 MATCH_NOTE = {
     "word": "answer recall: a normalised gold answer occurs on word boundaries inside a passage's "
@@ -306,8 +306,12 @@ def run_eval(cfg: EvalConfig, model: Any = None) -> dict[str, Any]:
     tasks = plan_tasks(cfg)  # bad task files fail before the model loads
     if model is None:
         from imprag.model.imprag import ImpRAG
+        from imprag.model.passage_cache import PassageKVCache
 
         model = ImpRAG.from_pretrained(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
+        model.passage_cache = (
+            PassageKVCache()
+        )  # an independent reader reads a passage the questions share once
     model.decode_precision = cfg.precision
     k = cfg.k or model.config.k
     mc = model.config  # the answer budget must fit beside the prompt (and the passage offset)

@@ -23,7 +23,18 @@ def sample_token(
 class Decoder:
     """Tracks each row's generated tokens and why it stopped."""
 
-    def __init__(self, model, prompt_tokens, max_new_tokens, do_sample, temperature, top_p, stop, generator):
+    def __init__(
+        self,
+        model,
+        prompt_tokens,
+        max_new_tokens,
+        do_sample,
+        temperature,
+        top_p,
+        stop,
+        generator,
+        choices=None,
+    ):
         if max_new_tokens < 1:
             raise UserError(f"max_new_tokens must be at least 1 (got {max_new_tokens})")
         if do_sample and (temperature <= 0 or not 0 < top_p <= 1):
@@ -40,6 +51,7 @@ class Decoder:
         self.do_sample, self.temperature, self.top_p = do_sample, temperature, top_p
         self.stop = [s for s in (stop or []) if s]
         self.generator = generator
+        self.choices = choices  # token ids the next token is chosen among (None: the whole vocabulary)
         self.rows = [Generation("", [], None, int(n)) for n in prompt_tokens]
 
     @property
@@ -48,6 +60,10 @@ class Decoder:
 
     def step(self, logits: torch.Tensor) -> torch.Tensor:
         """logits (B, V) of the last position -> next ids (B,); finished rows get padding."""
+        if self.choices is not None:
+            allowed = torch.full_like(logits, float("-inf"))
+            allowed[:, self.choices] = logits[:, self.choices]
+            logits = allowed
         if self.do_sample:
             ids = sample_token(logits, self.temperature, self.top_p, self.generator)
         else:

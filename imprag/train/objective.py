@@ -162,9 +162,9 @@ class TrainObjective(nn.Module):
 
     # ------------------------------------------------------------------ rows that read their provenance
     def read_ids(self, ex: LMExample) -> list[str]:
-        """The passage ids an evidence row reads: its own first, then (unless the source reads no distractors)
-        others up to read_passages from a generator seeded by the example id (every process and a resumed run
-        draw the same)."""
+        """The passage ids an evidence row reads: its own, and (unless the source reads no distractors) others
+        up to read_passages, in an order drawn like them (so a reader cannot learn that the evidence comes
+        first), from a generator seeded by the example id (every process and a resumed run draw the same)."""
         n = self.read_passages
         own = ex.read[:n]
         extra = n - len(own)
@@ -174,13 +174,16 @@ class TrainObjective(nn.Module):
         if len(self._pids) <= n + len(ex.read):  # a tiny corpus: every other passage, shuffled
             pool = [p for p in self._pids if p not in ex.read]
             rng.shuffle(pool)
-            return own + pool[:extra]
-        picked: list[str] = []
-        while len(picked) < extra:  # ends: more than `extra` passages lie outside ex.read
-            p = self._pids[rng.randrange(len(self._pids))]
-            if p not in ex.read and p not in picked:
-                picked.append(p)
-        return own + picked
+            picked = pool[:extra]
+        else:
+            picked = []
+            while len(picked) < extra:  # ends: more than `extra` passages lie outside ex.read
+                p = self._pids[rng.randrange(len(self._pids))]
+                if p not in ex.read and p not in picked:
+                    picked.append(p)
+        read = own + picked
+        rng.shuffle(read)
+        return read
 
     def _read_nll(
         self, rows: list[LMExample], passage_grad: bool = True
