@@ -309,9 +309,8 @@ def run_eval(cfg: EvalConfig, model: Any = None) -> dict[str, Any]:
         from imprag.model.passage_cache import PassageKVCache
 
         model = ImpRAG.from_pretrained(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
-        model.passage_cache = (
-            PassageKVCache()
-        )  # an independent reader reads a passage the questions share once
+        # an independent reader then runs a passage that several questions read through the model once
+        model.passage_cache = PassageKVCache()
     model.decode_precision = cfg.precision
     k = cfg.k or model.config.k
     mc = model.config  # the answer budget must fit beside the prompt (and the passage offset)
