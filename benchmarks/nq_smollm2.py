@@ -417,7 +417,9 @@ def write_summary(
     lines = ["# SmolLM2-135M ImpRAG on NQ / HotpotQA dev", ""]
     if runs:
         lines += [
-            f"Generation: k = {k}, first {limits} questions; EM and answer recall in %.",
+            f"Generation: k = {k}; questions per task: "
+            + ", ".join(f"{t} {'all' if n is None else f'first {n}'}" for t, n in limits.items())
+            + "; EM and answer recall in %.",
             "",
             "| task | method | n | EM | F1 | ans R@1 | ans R@5 | ans R@10 |",
             "|---|---|---:|---:|---:|---:|---:|---:|",
