@@ -1,5 +1,4 @@
-"""Real-data benchmark: ImpRAG fine-tuning of SmolLM2-135M (b=7, t=21) on NQ with BM25 / dense pseudo
-labels, evaluated on NQ dev and HotpotQA dev against RA-IT (rag-bm25, rag-dense) and closed-book, all
+"""Real-data benchmark: ImpRAG fine-tuning of SmolLM2-135M (b=7, t=29) on NQ, evaluated on NQ dev and HotpotQA dev against RA-IT (rag-bm25, rag-dense) and closed-book, all
 reading with the same fine-tuned LM, over the 12,585 shared Wikipedia passages.
 
     python benchmarks/nq_smollm2.py --profile cpu --threads 1     # 2 CPU cores, 35-60 min (cuts below)
@@ -10,7 +9,8 @@ Steps (each prints the `imprag` command it runs; each resumes or is skipped when
 an interrupted run is re-run with the same command):
 
     pull       imprag pull smollm2                        (once; a converted copy is reused)
-    mine       imprag mine --retriever dense|bm25         pseudo labels for nq/train.jsonl (top 50)
+    mine       imprag mine --retriever dense|bm25         candidates for nq/train.jsonl (top 50; the reader
+                                                          reads BM25's)
     train      imprag train --config configs/nq_smollm2_<profile>.yaml
     index      imprag index                               the 12,585 passages with the trained bottom layers
     retrieval  in-process: answer / gold-passage recall@1/5/10/20 of the implicit query, BM25 and dense on
@@ -24,9 +24,10 @@ reader steps (8 questions reading BM25's top 5 through layers 7..29, the retriev
 gradient through the passages' own forward, bf16 autocast). The index is the warmup's stored vectors
 (seconds). Measured (one thread, beside other jobs; docs/benchmarks.md): the layer-7 cache ~25 min (it
 was reused from an earlier run: `--cached_warmup.cache_dir`), warmup ~14 min, reader ~21 min, index
-14 s. What it cuts against the GPU profile: 5 of k=10 passages read; 3,000 warmup steps; 60 reader
-steps (~0.3 epoch); no distillation; EM on the first --nq-limit / --hotpot-limit dev questions
-(default all 500 / 100; the measured run used 100 / 50). `--retrievers bm25` leaves the dense
+14 s, evaluation of all 500 / 100 dev questions ~55 min on 2 threads. What it cuts against the GPU
+profile (configs/nq_smollm2_gpu.yaml, the same recipe, not yet run on a GPU): 5 of k=10 passages read;
+3,000 warmup steps (GPU 5,000); 60 reader steps (~0.3 epoch; GPU 3 epochs at batch 32); no gradient
+through the passages' own forward. `--nq-limit` / `--hotpot-limit` cut the evaluated questions. `--retrievers bm25` leaves the dense
 retriever out of the retrieval table (it embeds the corpus once: ~4 min on 2 idle cores).
 """
 
@@ -67,7 +68,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "batch_size": 64,
         "index_batch": 256,
         "precision": "bf16",
-        "train_labels": RETRIEVERS,
+        "train_labels": ("bm25",),
     },
 }
 
