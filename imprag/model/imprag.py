@@ -718,16 +718,9 @@ class ImpRAG:
             hidden = get(self.lm, self.spec.embed)(ids)
             hidden, _ = self._prompt_layers(hidden, mask.bool(), position_ids, cache, prefix_valid)
             logits = get(self.lm, self.spec.head)(hidden[:, -1]).float()  # (B, V)
+        lengths = mask.sum(-1).tolist()
         decoder = Decoder(
-            self,
-            mask.sum(-1).tolist(),
-            max_new_tokens,
-            do_sample,
-            temperature,
-            top_p,
-            stop,
-            generator,
-            choices,
+            self, lengths, max_new_tokens, do_sample, temperature, top_p, stop, generator, choices
         )
         key_valid, last_pos = mask.bool(), position_ids[:, -1]
         while True:
