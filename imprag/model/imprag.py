@@ -500,11 +500,9 @@ class ImpRAG:
             return self.encode_passages(read)
         version = (weights_version(self.lm), self.decode_precision)
         keys = {j: (*version, tuple(read.input_ids[j, :n].tolist())) for j, n in enumerate(lengths) if n}
-        found: dict[tuple, KV] = {}
-        for key in dict.fromkeys(keys.values()):
-            if (kv := cache.get(key)) is not None:
-                found[key] = kv
-        missing = [key for key in dict.fromkeys(keys.values()) if key not in found]
+        unique = dict.fromkeys(keys.values())
+        found: dict[tuple, KV] = {key: kv for key in unique if (kv := cache.get(key)) is not None}
+        missing = [key for key in unique if key not in found]
         if missing:  # run the new passages once, as a batch of their own
             ids, mask = self._pad([list(key[-1]) for key in missing], "right")
             prefix, _ = self.encode_passages(PassageInputs(ids, mask, "independent", 1))
