@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import build_index
 
 from imprag.cli import main
@@ -292,6 +293,10 @@ def test_every_registry_task_in_one_run(world, tmp_path):
     fever = doc["tasks"]["fever"]["metrics"]
     assert "accuracy" in fever and fever["em"] == fever["accuracy"] and "f1" not in fever
     assert doc["tasks"]["fever"]["metrics"]["answer_recall@1"] == 1.0  # the gold page is read
+    judged = doc["tasks"]["fever"]["fever"]  # how its claims were decided, with the fitted threshold
+    assert judged["decision"] == "likelihood" and judged["statements"] == 8
+    assert "FEVER: True when the claim's log-likelihood" in doc["decoding"]
+    assert all("fever" not in doc["tasks"][t] for t in EVAL_TASKS if t != "fever")
     assert doc["tasks"]["aida"]["metrics"]["answer_recall@1"] == 1.0
     fever_preds = read_jsonl(out / "fever" / "predictions.jsonl")
     assert all(
@@ -339,8 +344,11 @@ def test_fever_is_answered_by_the_label_whose_first_token_scores_higher(tiny_mod
     )
     assert true_id != false_id
     oracle = Oracle(model, lookup, K)
+    oracle.fever = "label"  # the paper's way (closed-book always answers so)
     oracle.gold_passages = lambda e: gold[int(e.id[1:])]  # type: ignore[method-assign]
     for method, read in ((ClosedBook(model), None), (oracle, gold)):
+        method.prepare(examples, fever)
+        assert method.verification(fever) == {"decision": "label"}
         outputs = method.run(examples, fever, MAX_NEW)
         for i, (ex, out) in enumerate(zip(examples, outputs)):
             ids, mask = model.encode_prompts([ex.prompt], with_passages=read is not None)
@@ -349,6 +357,45 @@ def test_fever_is_answered_by_the_label_whose_first_token_scores_higher(tiny_mod
                 logits = model.forward(ids, mask, passages=passages).logits[0, -1]
             want = "True" if logits[true_id] > logits[false_id] else "False"
             assert out.answer == want and out.text.strip() == want
+
+
+@pytest.mark.parametrize("name", ["oracle", "rag-bm25"])
+def test_fever_claims_are_judged_by_their_likelihood_against_corpus_statements(world, model, name):
+    """The threshold is fitted on statements built from the corpus, each read with the evidence the method
+    finds for it; a claim is True when log p(claim | evidence, instruction) is above it."""
+    from imprag.eval.methods import PassageLookup, make_method, ra_it_prompt
+    from imprag.eval.verify import claim_parts, fit_threshold, sample_ids, statements
+    from imprag.passage import passage_text
+
+    fever = get_task("fever")
+    method = make_method(name, model, K, passages=world["passages"], cache_dir=world["cache"])
+    examples = load_examples(world["tasks"]["fever"], fever)
+
+    def by_hand(rows: list) -> torch.Tensor:  # each row alone, as the method's evidence reads
+        scores = []
+        for e in rows:
+            hits = method.evidence([e], [e.prompt])[0]
+            head, claim = claim_parts(fever, e)
+            if name == "oracle":
+                scores.append(model.continuation_logprob([head], [claim], [[passage_text(p) for p in hits]]))
+            else:
+                scores.append(model.continuation_logprob([ra_it_prompt(hits, head)], [claim]))
+        return torch.cat(scores)
+
+    lookup = PassageLookup(world["passages"])
+    rows = statements([lookup.get(i) for i in sample_ids(lookup.ids())], fever)
+    want = fit_threshold(by_hand(rows), torch.tensor([r.answers == ["True"] for r in rows]))
+    assert want is not None and len(rows) == 8
+    method.prepare(examples, fever)
+    assert method.threshold.value == pytest.approx(want.value, abs=1e-3)
+    assert method.verification(fever) == {"decision": "likelihood", **method.threshold.as_dict()}
+    outputs = method.run(examples, fever, MAX_NEW)
+    for out, score in zip(outputs, by_hand(examples).tolist()):
+        assert abs(score - want.value) > 1e-3  # not on the edge, so batching noise cannot flip it
+        assert out.answer == ("True" if score > want.value else "False")
+        assert out.text.startswith("claim log-likelihood ")
+        assert float(out.text.split()[2]) == pytest.approx(score, abs=0.01)
+    assert all(out.passages for out in outputs)
 
 
 def test_resume_reuses_finished_batches(world, tmp_path):

@@ -68,15 +68,18 @@ def test_greedy_generate_without_passages_equals_hf_generate(arch, tok):
 
 
 # ---------------------------------------------------------------- the reader == one slow whole-model pass
-def slow_reader_logits(m: ImpRAG, prompt: str, passages: list[str], mode: str) -> torch.Tensor:
-    """Run the untouched HF model once over [passages ; prompt] with per-layer hand-built masks.
+def slow_reader_logits(
+    m: ImpRAG, prompt: str, passages: list[str], mode: str, q_ids: list[int] | None = None
+) -> torch.Tensor:
+    """Run the untouched HF model once over [passages ; prompt] (or the prompt's given token ids) with
+    per-layer hand-built masks.
 
     Passage tokens attend causally within the passage block (one block for concat, one per passage for
     independent); the prompt attends causally to itself, and in layers b..t also to every passage token.
     """
     cfg = m.config
     p_ids = [m._truncate_passage(x, cfg.l_max) for x in m._tokenize(passages)]
-    q_ids = m._tokenize([prompt])[0]
+    q_ids = q_ids or m._tokenize([prompt])[0]
     blocks = [sum(p_ids, [])] if mode == "concat" else p_ids
     P = sum(len(x) for x in blocks)
     T = len(q_ids)
@@ -123,6 +126,26 @@ def test_reader_equals_slow_whole_model_reference(arch, mode, tok):
     for i, (prompt, passages) in enumerate(zip(PROMPTS, PASSAGES)):
         ref = slow_reader_logits(m, prompt, passages, mode)
         assert_close(out[i, mask[i].bool()], ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["concat", "independent", None])
+def test_continuation_logprob_equals_the_slow_reference(mode, tok):
+    """log p(continuation | passages, prompt): the continuation's tokens scored by one whole-model pass."""
+    m = make("llama", tok, reader=mode or "concat")
+    conts = [" Paris", " the author of it", " 3"]
+    got = m.continuation_logprob(PROMPTS, conts, None if mode is None else PASSAGES)
+    assert got.shape == (3,) and got.dtype == torch.float32
+    for i, (prompt, cont) in enumerate(zip(PROMPTS, conts)):
+        tail = tok(cont, add_special_tokens=False)["input_ids"]
+        q = m._tokenize([prompt])[0] + tail
+        if mode is None:
+            logits = m.lm(input_ids=torch.tensor([q])).logits[0]
+        else:
+            logits = slow_reader_logits(m, prompt, PASSAGES[i], mode, q_ids=q)
+        logp = logits.log_softmax(-1)
+        ref = sum(logp[len(q) - len(tail) - 1 + j, t] for j, t in enumerate(tail))
+        assert_close(got[i], ref, rtol=1e-4, atol=1e-4)
+    assert m.continuation_logprob(PROMPTS[:1], [""]).tolist() == [0.0]
 
 
 def test_passages_change_only_layers_from_b(tok):

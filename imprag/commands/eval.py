@@ -70,6 +70,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default) or the model's stored means",
     )
     parser.add_argument(
+        "--fever",
+        choices=("likelihood", "label"),
+        default="likelihood",
+        help="how FEVER claims are decided: likelihood = True when the claim's log-likelihood given the "
+        "method's passages is above a threshold fitted on true/false statements built from the corpus "
+        "(default; no FEVER labels used); label = the paper's way, the model answers and the label whose "
+        "first token it scores higher wins (closed-book always answers this way)",
+    )
+    parser.add_argument(
         "--cache-dir",
         type=Path,
         default=None,
@@ -137,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         model_dtype=args.model_dtype,
         precision=args.precision,
+        fever=args.fever,
         show_progress=not args.quiet,
     )
     run_eval(cfg)

@@ -11,8 +11,10 @@
 Each method maps a batch of Examples to MethodOutputs (the answer and the passages it used, best first).
 Decoding is greedy; the answer is the generation's first line with text: blank lines before it are
 skipped (an untrained model often starts with a newline after "A:"), the next newline ends it and the
-batch stops once every row has one. Answers are stripped. FEVER is answered by choosing between its two
-labels (True/False) by the model's score of their first token.
+batch stops once every row has one. Answers are stripped. FEVER (`imprag.eval.verify`): a claim is True
+when its likelihood given the method's evidence is above the method's threshold, fitted on true/false
+statements built from the corpus; closed-book, or `fever="label"`: the label (True/False) whose first
+token the model scores higher.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+
+import torch
 
 from imprag.data.example import Example
 from imprag.data.tasks import TaskSpec
 from imprag.errors import UserError
 from imprag.eval.metrics import fever_label
+from imprag.eval.verify import Threshold, claim_parts, fit_threshold, sample_ids, statements
 from imprag.passage import passage_text
 
 log = logging.getLogger(__name__)
@@ -45,13 +50,6 @@ class MethodOutput:
     passages: (
         list[dict[str, Any]] | None
     )  # passages used, best first ({"id","title","text","score"?}); None = none
-
-
-class Method(Protocol):
-    name: str
-    uses_passages: bool  # False for closed-book: no retrieval metrics
-
-    def run(self, examples: list[Example], spec: TaskSpec, max_new_tokens: int) -> list[MethodOutput]: ...
 
 
 def answer_line(text: str) -> str:
@@ -168,6 +166,9 @@ class PassageLookup:
     def __len__(self) -> int:
         return len(self._offsets)
 
+    def ids(self) -> list[str]:
+        return list(self._offsets)
+
     def __contains__(self, pid: object) -> bool:
         return str(pid) in self._offsets
 
@@ -197,7 +198,104 @@ def _title_key(title: Any) -> str:
 # ---- the methods -----------------------------------------------------------------------------------
 
 
-class ClosedBook:
+class Method:
+    """What every method shares: find evidence for a batch of prompts, then read it with the model and
+    answer. `in_context`: the evidence is prepended to the prompt's text (RA-IT) rather than read by
+    ImpRAG's middle layers. FEVER with `fever="likelihood"` judges each claim by its likelihood given the
+    evidence (`imprag.eval.verify`) against a threshold fitted by `prepare`."""
+
+    name: str
+    uses_passages = True
+    in_context = False
+    model: Any
+    fever = "likelihood"
+    lookup: PassageLookup | None = None  # the corpus the calibration statements are built from
+    threshold: Threshold | None = None  # FEVER's, fitted by `prepare`
+
+    def evidence(self, examples: list[Example], prompts: list[str]) -> list[list[dict[str, Any]]] | None:
+        raise NotImplementedError
+
+    def corpus(self) -> PassageLookup | None:
+        return self.lookup
+
+    def prepare(self, examples: list[Example], spec: TaskSpec) -> None:
+        """Before a task's batches: FEVER judged by likelihood fits this method's threshold."""
+        self.threshold = self._fit_threshold(spec) if self._judges(spec) else None
+
+    def verification(self, spec: TaskSpec) -> dict[str, Any] | None:
+        """How FEVER was decided, for the metrics (None for other tasks)."""
+        if spec.kind != "fever":
+            return None
+        if self.threshold is None:
+            return {"decision": "label"}
+        return {"decision": "likelihood", **self.threshold.as_dict()}
+
+    def run(self, examples: list[Example], spec: TaskSpec, max_new_tokens: int) -> list[MethodOutput]:
+        prompts = [e.prompt for e in examples]
+        hits = self.evidence(examples, prompts)
+        if self._judges(spec) and self.threshold is not None:
+            return self._judge(examples, spec, hits)
+        opts = decode_options(self.model, spec, max_new_tokens)
+        gens = decode_lines(self.model.generate_stream(*self._read(prompts, hits), **opts))
+        return _outputs(spec, gens, hits)
+
+    def _judges(self, spec: TaskSpec) -> bool:
+        return spec.kind == "fever" and self.fever == "likelihood" and self.uses_passages
+
+    def _read(self, prompts: list[str], hits: list[list[dict[str, Any]]] | None):
+        """generate_stream's (prompts, passages) for these prompts and their evidence."""
+        if hits is None:
+            return prompts, None
+        if self.in_context:
+            return [ra_it_prompt(h, p) for h, p in zip(hits, prompts)], None
+        return prompts, [[passage_text(p) for p in h] for h in hits]
+
+    def _claim_scores(self, examples: list[Example], spec: TaskSpec, hits) -> torch.Tensor:
+        heads, claims = zip(*(claim_parts(spec, e) for e in examples))
+        prompts, passages = self._read(list(heads), hits)
+        return self.model.continuation_logprob(prompts, list(claims), passages)
+
+    def _fit_threshold(self, spec: TaskSpec, batch_size: int = 8) -> Threshold | None:
+        corpus = self.corpus()
+        if corpus is None:
+            return None
+        rows = statements([corpus.get(i) for i in sample_ids(corpus.ids())], spec)
+        scores = []
+        for s in range(0, len(rows), batch_size):
+            batch = rows[s : s + batch_size]
+            hits = self.evidence(batch, [e.prompt for e in batch])
+            scores.append(self._claim_scores(batch, spec, hits))
+        truth = torch.tensor([e.answers[0] == spec.to_model_answer("SUPPORTS") for e in rows])
+        found = fit_threshold(torch.cat(scores) if scores else torch.zeros(0), truth)
+        if found is None:
+            log.warning(
+                "%s: too few statements in the corpus to calibrate FEVER; ranking its labels", self.name
+            )
+        else:
+            log.info(
+                "%s: FEVER threshold %.2f nats (%.0f%% of %d corpus statements right)",
+                self.name,
+                found.value,
+                100 * found.accuracy,
+                found.statements,
+            )
+        return found
+
+    def _judge(self, examples: list[Example], spec: TaskSpec, hits) -> list[MethodOutput]:
+        t = self.threshold
+        assert t is not None
+        out = []
+        for i, score in enumerate(self._claim_scores(examples, spec, hits).tolist()):
+            label = "SUPPORTS" if score > t.value else "REFUTES"
+            text = (
+                f"claim log-likelihood {score:.2f} {'>' if score > t.value else '<='} threshold {t.value:.2f}"
+            )
+            passages = None if hits is None else [slim(p) for p in hits[i]]
+            out.append(MethodOutput(spec.to_model_answer(label), text, "stop", passages))
+        return out
+
+
+class ClosedBook(Method):
     """The plain model, no passages."""
 
     name = "closed-book"
@@ -206,17 +304,14 @@ class ClosedBook:
     def __init__(self, model: Any):
         self.model = model
 
-    def run(self, examples: list[Example], spec: TaskSpec, max_new_tokens: int) -> list[MethodOutput]:
-        opts = decode_options(self.model, spec, max_new_tokens)
-        stream = self.model.generate_stream([e.prompt for e in examples], None, **opts)
-        return _outputs(spec, decode_lines(stream), None)
+    def evidence(self, examples, prompts):
+        return None
 
 
-class ImpRAGMethod:
-    """Implicit-query retrieval from an ImpRAG index + middle-layer reading (`imprag.rag.answer_stream`)."""
+class ImpRAGMethod(Method):
+    """Implicit-query retrieval from an ImpRAG index + middle-layer reading (`imprag.rag.retrieve`)."""
 
     name = "imprag"
-    uses_passages = True
 
     def __init__(self, model: Any, index: Any, k: int, query_calibration: str = "prompts"):
         self.model, self.index, self.k = model, index, k
@@ -224,37 +319,38 @@ class ImpRAGMethod:
         cal = getattr(model, "calibration", None)
         self._stored = None if cal is None else dict(cal.query)  # the means the model came with
 
-    def prepare(self, examples: list[Example]) -> None:
-        """Before a task's batches: with query_calibration "prompts", each prompt format's query mean is
-        taken from the task's own prompts (label-free); "stored" keeps the model's means."""
-        if self._stored is None:
-            return
-        self.model.calibration.query = dict(self._stored)
-        if self.query_calibration == "prompts":
-            self.model.calibrate_queries([e.prompt for e in examples])
+    def prepare(self, examples: list[Example], spec: TaskSpec) -> None:
+        """With query_calibration "prompts", each prompt format's query mean is taken from the task's own
+        prompts (label-free); "stored" keeps the model's means."""
+        if self._stored is not None:
+            self.model.calibration.query = dict(self._stored)
+            if self.query_calibration == "prompts":
+                self.model.calibrate_queries([e.prompt for e in examples])
+        super().prepare(examples, spec)
 
-    def run(self, examples: list[Example], spec: TaskSpec, max_new_tokens: int) -> list[MethodOutput]:
-        from imprag.rag import answer_stream
+    def corpus(self) -> PassageLookup:
+        if self.lookup is None:  # read only when FEVER is calibrated
+            self.lookup = PassageLookup(self.index.store.passages_path)
+        return self.lookup
 
-        prompts = [e.prompt for e in examples]
-        opts = decode_options(self.model, spec, max_new_tokens)
-        stream = answer_stream(self.model, self.index, prompts, self.k, **opts)
-        answers = decode_lines(stream, get=lambda a: a.generation)
-        return _outputs(spec, [a.generation for a in answers], [a.passages for a in answers])
+    def evidence(self, examples, prompts):
+        from imprag.rag import retrieve
+
+        return retrieve(self.model, self.index, prompts, self.k)
 
 
-class RetrieverRAG:
+class RetrieverRAG(Method):
     """RA-IT: a separate retriever queried with the whole prompt; top-k passages prepended in the context
     and read by the full plain model (`generate_stream(..., passages=None)` on the concatenated prompt)."""
 
-    uses_passages = True
+    in_context = True
+    lookup: PassageLookup
 
     def __init__(self, model: Any, retriever: Any, lookup: PassageLookup, k: int):
         self.model, self.retriever, self.lookup, self.k = model, retriever, lookup, k
         self.name = f"rag-{retriever.name}"
 
-    def run(self, examples: list[Example], spec: TaskSpec, max_new_tokens: int) -> list[MethodOutput]:
-        prompts = [e.prompt for e in examples]
+    def evidence(self, examples, prompts):
         ids, scores = self.retriever.search(prompts, self.k)  # (B, k) ids and scores
         hits: list[list[dict[str, Any]]] = []
         for row_ids, row_scores in zip(ids, scores):
@@ -264,13 +360,10 @@ class RetrieverRAG:
                 rec["score"] = float(s)
                 recs.append(rec)
             hits.append(recs)
-        contexts = [ra_it_prompt(h, p) for h, p in zip(hits, prompts)]
-        opts = decode_options(self.model, spec, max_new_tokens)
-        gens = decode_lines(self.model.generate_stream(contexts, None, **opts))
-        return _outputs(spec, gens, hits)
+        return hits
 
 
-class Oracle:
+class Oracle(Method):
     """The gold provenance passages, read through ImpRAG's middle layers: an upper bound for the reader.
 
     Each provenance entry gives its `passage_id` when that id is in the corpus, else the first passage
@@ -279,7 +372,7 @@ class Oracle:
     """
 
     name = "oracle"
-    uses_passages = True
+    lookup: PassageLookup
 
     def __init__(self, model: Any, lookup: PassageLookup, k: int):
         self.model, self.lookup, self.k = model, lookup, k
@@ -298,13 +391,10 @@ class Oracle:
                 chosen.append(pid)
         return [self.lookup.get(pid) for pid in chosen]
 
-    def run(self, examples: list[Example], spec: TaskSpec, max_new_tokens: int) -> list[MethodOutput]:
+    def evidence(self, examples, prompts):
         gold = [self.gold_passages(e) for e in examples]
         self.missing += sum(1 for g in gold if not g)
-        texts = [[passage_text(p) for p in g] for g in gold]
-        opts = decode_options(self.model, spec, max_new_tokens)
-        stream = self.model.generate_stream([e.prompt for e in examples], texts, **opts)
-        return _outputs(spec, decode_lines(stream), gold)
+        return gold
 
 
 def make_method(
@@ -316,8 +406,16 @@ def make_method(
     cache_dir: str | Path | None = None,
     on_error: str = "fail",
     query_calibration: str = "prompts",
+    fever: str = "likelihood",
 ) -> Method:
-    """Build a method by name; `index` is needed by imprag, `passages` by rag-* and oracle."""
+    """Build a method by name; `index` is needed by imprag, `passages` by rag-* and oracle; `fever`: how
+    FEVER claims are decided (`imprag.eval.verify`)."""
+    method = _make_method(name, model, k, index, passages, cache_dir, on_error, query_calibration)
+    method.fever = fever
+    return method
+
+
+def _make_method(name, model, k, index, passages, cache_dir, on_error, query_calibration) -> Method:
     if name not in METHODS:
         raise UserError(f"--method {name!r}: choose one of {', '.join(METHODS)}")
     if name == "closed-book":

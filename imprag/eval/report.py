@@ -140,7 +140,8 @@ def format_table(rows: list[Row], title: str = "ImpRAG evaluation") -> str:
     lines = [
         f"# {title}",
         "",
-        "Cells: EM (answer recall@k), in percent; FEVER: label accuracy. Closed-book reads no passages.",
+        "Cells: EM (answer recall@k), in percent; FEVER: label accuracy (how a label is decided: each run's "
+        "metrics.json `decoding`). Closed-book reads no passages.",
         "",
         "| " + " | ".join(header) + " |",
         "|---|---:|" + "|".join("---:" for _ in header[2:]) + "|",

@@ -44,9 +44,13 @@ PREDICTIONS_FILE = "predictions.jsonl"
 BATCH_DIR = "batches"
 DEFAULT_KS = (1, 5, 10)
 DECODING = (
-    "greedy; answer = the first line of the generation that has text (leading newlines skipped), "
-    "stripped; FEVER: the label (True/False) whose first token the model scores higher, one step"
+    "greedy; answer = the first line of the generation that has text (leading newlines skipped), stripped"
 )
+FEVER_DECISION = {
+    "likelihood": "FEVER: True when the claim's log-likelihood given the method's evidence is above the "
+    "method's threshold, fitted on true/false statements built from the corpus (closed-book: as label)",
+    "label": "FEVER: the label (True/False) whose first token the model scores higher, one step",
+}
 MATCH_NOTE = {
     "word": "answer recall: a normalised gold answer occurs on word boundaries inside a passage's "
     "normalised `title: text` (KILT normalisation plus folded accents and Unicode punctuation; "
@@ -88,6 +92,7 @@ class EvalConfig:
     device: str | None = None
     model_dtype: str = "float32"
     precision: str = "fp32"  # "bf16": decoding under bf16 autocast (retrieval vectors stay fp32)
+    fever: str = "likelihood"  # how FEVER claims are decided: FEVER_DECISION
     show_progress: bool = True
 
     def __post_init__(self) -> None:
@@ -107,6 +112,8 @@ class EvalConfig:
             raise UserError(f"-k must be >= 1, got {self.k}")
         if self.limit is not None and self.limit < 1:
             raise UserError(f"--limit must be >= 1, got {self.limit}")
+        if self.fever not in FEVER_DECISION:
+            raise UserError(f"--fever must be one of {', '.join(FEVER_DECISION)}, got {self.fever!r}")
         if self.query_calibration not in ("prompts", "stored"):
             raise UserError(f"--query-calibration must be prompts or stored, got {self.query_calibration!r}")
         if self.match not in MATCH_MODES:
@@ -205,7 +212,7 @@ def run_settings(cfg: EvalConfig, model: Any, k: int, index: Any, passages: Path
         "model_config": dataclasses.asdict(model.config),
         "k": k,
         "max_new_tokens": cfg.max_new_tokens,
-        "decoding": DECODING,
+        "decoding": decoding(cfg),
         "query_calibration": cfg.query_calibration if cfg.method == "imprag" else None,
         "index": None
         if index is None
@@ -262,9 +269,7 @@ def run_task(
     rows: list[dict[str, Any]] = []
     reused = 0
     n = len(task.examples)
-    prepare = getattr(method, "prepare", None)
-    if prepare is not None:
-        prepare(task.examples)
+    method.prepare(task.examples, task.spec)
     with tqdm(total=n, desc=f"{method.name} {task.name}", unit="ex", disable=not show_progress) as bar:
         for b, start in enumerate(range(0, n, batch_size)):
             batch = task.examples[start : start + batch_size]
@@ -348,6 +353,7 @@ def run_eval(cfg: EvalConfig, model: Any = None) -> dict[str, Any]:
         cache_dir=cfg.cache_dir,
         on_error=cfg.on_error,
         query_calibration=cfg.query_calibration,
+        fever=cfg.fever,
     )
     if not (cfg.out / RUN_FILE).exists():
         atomic_write_json(cfg.out / RUN_FILE, {"settings": settings})
@@ -380,6 +386,9 @@ def run_eval(cfg: EvalConfig, model: Any = None) -> dict[str, Any]:
             "no_passages": sum(1 for r in rows if method.uses_passages and not r["passages"]),
             "metrics": metrics,
         }
+        verification = method.verification(task.spec)
+        if verification is not None:
+            results[task.name]["fever"] = verification
     doc = {
         "method": cfg.method,
         "model": str(cfg.model),
@@ -390,7 +399,7 @@ def run_eval(cfg: EvalConfig, model: Any = None) -> dict[str, Any]:
         "limit": cfg.limit,
         "batch_size": cfg.batch_size,
         "max_new_tokens": cfg.max_new_tokens,
-        "decoding": DECODING,
+        "decoding": decoding(cfg),
         "match": cfg.match,
         "normalization": cfg.normalization,
         "model_config": settings["model_config"],
@@ -400,6 +409,11 @@ def run_eval(cfg: EvalConfig, model: Any = None) -> dict[str, Any]:
     atomic_write_json(cfg.out / METRICS_FILE, doc)
     atomic_write_text(cfg.out / TABLE_FILE, format_run_table(doc))
     return doc
+
+
+def decoding(cfg: EvalConfig) -> str:
+    """How answers are read off the model, as metrics.json and table.md state it."""
+    return f"{DECODING}; {FEVER_DECISION[cfg.fever]}"
 
 
 def _index_passages(index_dir: Path) -> Path:

@@ -733,6 +733,35 @@ class ImpRAG:
                 hidden, _ = self._prompt_layers(hidden, key_valid, last_pos[:, None], cache, prefix_valid)
                 logits = get(self.lm, self.spec.head)(hidden[:, -1]).float()
 
+    @torch.no_grad()
+    def continuation_logprob(
+        self, prompts: list[str], continuations: list[str], passages: list[list[str]] | None = None
+    ) -> torch.Tensor:
+        """(B,) float32 on CPU: log p(continuation | passages, prompt), summed over the continuation's
+        tokens, teacher-forced and read as decoding reads (passage cache, decode precision). Each
+        continuation is tokenized on its own after its prompt, as training joins prompt and answer."""
+        read = self.tokenize_passages(passages) if passages is not None else None  # bad k: refused first
+        tails = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+        limit = self.prompt_window(read is not None)
+        seqs = [self._truncate_prompt(h + t, limit) for h, t in zip(self._tokenize(prompts), tails)]
+        ids, mask = self._pad(seqs, "right")
+        prefix, prefix_valid, offset = {}, None, 0
+        scores = []
+        with self._decode_autocast():
+            if read is not None:
+                prefix, prefix_valid = self._encode_read_passages(read)
+                offset = self.config.prompt_offset
+            hidden = get(self.lm, self.spec.embed)(ids)
+            position_ids = positions_from_mask(mask, offset)
+            hidden, _ = self._prompt_layers(
+                hidden, mask.bool(), position_ids, LayerKV(prefix, "read"), prefix_valid
+            )
+            for j, (seq, tail) in enumerate(zip(seqs, tails)):
+                end, n = len(seq), min(len(tail), len(seq) - 1)  # token i is scored from position i - 1
+                logits = get(self.lm, self.spec.head)(hidden[j, end - 1 - n : end - 1]).float()  # (n, V)
+                scores.append(logits.log_softmax(-1).gather(-1, ids[j, end - n : end, None]).sum())
+        return torch.stack(scores).cpu() if scores else torch.zeros(0)
+
     def _decode_autocast(self):
         if self.decode_precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
