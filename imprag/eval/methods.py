@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,12 +61,12 @@ def _answered(g: Any) -> bool:
     return g.finish_reason is not None or "\n" in g.text.lstrip()
 
 
-def decode_lines(stream: Iterable[list[Any]], get: Callable[[Any], Any] = lambda x: x) -> list[Any]:
+def decode_lines(stream: Iterable[list[Any]]) -> list[Any]:
     """Run a generate stream until every row has finished or has a newline after some text; the last
-    state. `get` maps a streamed item to its Generation (rag.answer_stream yields Answers)."""
+    state."""
     final: list[Any] = []
     for final in stream:  # noqa: B007 (keep the last state)
-        if all(_answered(get(x)) for x in final):
+        if all(_answered(g) for g in final):
             break
     return final
 

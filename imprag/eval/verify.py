@@ -12,7 +12,6 @@ always answers that way.
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,9 +22,6 @@ from imprag.data.example import Example, Provenance
 from imprag.data.retrieval_free import verify_rows
 from imprag.data.tasks import TaskSpec, apply_template, input_fields
 
-log = logging.getLogger(__name__)
-
-FEVER_DECISIONS = ("likelihood", "label")
 STATEMENTS = 32  # calibration statements per method (half True, half False): ~0.6 s each reading 5 passages
 
 
