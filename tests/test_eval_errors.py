@@ -10,6 +10,7 @@ import pytest
 from conftest import build_index
 
 from imprag.cli import main
+from imprag.errors import UserError
 
 PASSAGES = [
     {"id": "p0", "title": "Aldor", "text": "The capital of Aldor is Brightwater."},
@@ -122,6 +123,10 @@ def test_method_needs(setup, tmp_path, capsys):
     assert "-k 11: the model reads at most k=10" in one_error_line(capsys)
     assert main(args(setup, tmp_path / "o", **{"--batch-size": "0"})) == 2
     assert "--batch-size must be >= 1" in one_error_line(capsys)
+    from imprag.eval.runner import EvalConfig
+
+    with pytest.raises(UserError, match="--fever must be one of likelihood, label, got 'vote'"):
+        EvalConfig(model=setup["model"], data=[setup["nq"]], method="closed-book", out=tmp_path, fever="vote")
 
 
 def test_out_dir_of_another_run_is_refused(setup, tmp_path, capsys):
@@ -131,6 +136,8 @@ def test_out_dir_of_another_run_is_refused(setup, tmp_path, capsys):
     assert main(args(setup, out, **{"--max-new-tokens": "3"})) == 2
     line = one_error_line(capsys)
     assert "holds a run with other settings (max_new_tokens differ)" in line
+    assert main(args(setup, out, **{"--fever": "label"})) == 2  # answers decided another way
+    assert "holds a run with other settings (decoding differ)" in one_error_line(capsys)
     assert json.loads((out / "metrics.json").read_text())["max_new_tokens"] == 2  # the finished run is intact
 
 
