@@ -134,18 +134,19 @@ SIZES = {
 
 # per size for SmolLM2: (cached warmup steps, reader steps, test questions per task)
 # (cached warmup steps, reader steps, test questions per format)
-SMOLLM2_STEPS = {"tiny": (30, 2, 3), "small": (2000, 28, 16), "full": (2000, 120, 100)}
+SMOLLM2_STEPS = {"tiny": (30, 2, 3), "small": (1000, 28, 16), "full": (2000, 120, 100)}
 
 
 def smollm2_size(size_name: str) -> DemoSize:
     """The same world for the real 135M backbone (30 layers), with what a pretrained model needs.
 
-    - Retrieval: the cached warmup (2,000 steps on cached layer-7 inputs, every passage a negative, title
+    - Retrieval: the cached warmup (1,000 steps on cached layer-7 inputs, every passage a negative, title
       pseudo-queries) with content-pooled, calibrated cosine states (the defaults). The paper's last-token
       dot product reached 0.70 dev recall@5 after 260 full NCE steps on an H100; this, 0.995 in about 2.5
-      CPU minutes. 2,000 steps instead of 300 (+31 s) take test recall@1 from 0.83 to 0.96 on SimpleQA-style
-      questions (T-REx 0.81 -> 0.94, zsRE 0.70 -> 0.89): with a wrong passage first the reader answers from
-      it. Its passage vectors become the index (no second pass over the corpus).
+      CPU minutes. 1,000 steps instead of 300 (+13 s) take test recall@1 from 0.83 to 0.93 on SimpleQA-style
+      questions (T-REx 0.81 -> 0.93, zsRE 0.70 -> 0.85): with a wrong passage first the reader answers from
+      it. 2,000 steps gain 0.01-0.04 more for 18 s, which a world with longer passages cannot spare
+      (the full size, with no time floor, runs them). Its passage vectors become the index.
     - b=7 as `imprag pull` sets it, but t=29: every layer from b reads. Untrained, the gold passage through
       layers 7..21 lowers the answer's NLL/token from 9.84 to 6.22 on NQ-style questions, through 7..29
       to 4.14 (in the context: 3.78); trained, gold-passage EM 95% at t=29 against 76% at t=21.

@@ -22,7 +22,7 @@ from imprag.data.example import Example, Provenance
 from imprag.data.retrieval_free import verify_rows
 from imprag.data.tasks import TaskSpec, apply_template, input_fields
 
-STATEMENTS = 32  # calibration statements per method (half True, half False): ~0.6 s each reading 5 passages
+STATEMENTS = 24  # calibration statements per method (half True, half False): ~0.6 s each reading 5 passages
 
 
 @dataclass(frozen=True)
