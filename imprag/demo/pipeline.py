@@ -133,7 +133,6 @@ SIZES = {
 
 
 # per size for SmolLM2: (cached warmup steps, reader steps, test questions per task)
-# (cached warmup steps, reader steps, test questions per format)
 SMOLLM2_STEPS = {"tiny": (30, 2, 3), "small": (1000, 28, 16), "full": (2000, 120, 100)}
 
 

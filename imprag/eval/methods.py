@@ -286,10 +286,9 @@ class Method:
         assert t is not None
         out = []
         for i, score in enumerate(self._claim_scores(examples, spec, hits).tolist()):
-            label = "SUPPORTS" if score > t.value else "REFUTES"
-            text = (
-                f"claim log-likelihood {score:.2f} {'>' if score > t.value else '<='} threshold {t.value:.2f}"
-            )
+            true = score > t.value
+            label = "SUPPORTS" if true else "REFUTES"
+            text = f"claim log-likelihood {score:.2f} {'>' if true else '<='} threshold {t.value:.2f}"
             passages = None if hits is None else [slim(p) for p in hits[i]]
             out.append(MethodOutput(spec.to_model_answer(label), text, "stop", passages))
         return out

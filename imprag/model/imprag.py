@@ -706,15 +706,8 @@ class ImpRAG:
         with_passages = passages is not None
         read = self.tokenize_passages(passages) if passages is not None else None  # bad k: refused first
         ids, mask = self.encode_prompts(prompts, "left", with_passages, max_new_tokens)
-        prefix, prefix_valid, offset = {}, None, 0
         with self._decode_autocast():  # entered per step, never held across a yield
-            if read is not None:
-                prefix, prefix_valid = self._encode_read_passages(read)
-                offset = self.config.prompt_offset
-            cache = LayerKV(prefix, "append")
-            position_ids = positions_from_mask(mask, offset)
-            hidden = get(self.lm, self.spec.embed)(ids)
-            hidden, _ = self._prompt_layers(hidden, mask.bool(), position_ids, cache, prefix_valid)
+            hidden, cache, prefix_valid, position_ids = self._prefill(ids, mask, read, "append")
             logits = get(self.lm, self.spec.head)(hidden[:, -1]).float()  # (B, V)
         lengths = mask.sum(-1).tolist()
         decoder = Decoder(
@@ -745,22 +738,28 @@ class ImpRAG:
         limit = self.prompt_window(read is not None)
         seqs = [self._truncate_prompt(h + t, limit) for h, t in zip(self._tokenize(prompts), tails)]
         ids, mask = self._pad(seqs, "right")
-        prefix, prefix_valid, offset = {}, None, 0
         scores = []
         with self._decode_autocast():
-            if read is not None:
-                prefix, prefix_valid = self._encode_read_passages(read)
-                offset = self.config.prompt_offset
-            hidden = get(self.lm, self.spec.embed)(ids)
-            position_ids = positions_from_mask(mask, offset)
-            hidden, _ = self._prompt_layers(
-                hidden, mask.bool(), position_ids, LayerKV(prefix, "read"), prefix_valid
-            )
+            hidden, *_ = self._prefill(ids, mask, read, "read")
             for j, (seq, tail) in enumerate(zip(seqs, tails)):
                 end, n = len(seq), min(len(tail), len(seq) - 1)  # token i is scored from position i - 1
                 logits = get(self.lm, self.spec.head)(hidden[j, end - 1 - n : end - 1]).float()  # (n, V)
                 scores.append(logits.log_softmax(-1).gather(-1, ids[j, end - n : end, None]).sum())
         return torch.stack(scores).cpu() if scores else torch.zeros(0)
+
+    def _prefill(self, ids, mask, read: PassageInputs | None, mode: str):
+        """All layers over prompts (B, T) as decoding reads them: the passages in `read` (from the passage
+        cache) seen by layers b..t, in a LayerKV of `mode`. Returns (final hidden (B, T, H), that LayerKV,
+        the passages' valid mask (B, P) or None, position_ids (B, T))."""
+        prefix, prefix_valid, offset = {}, None, 0
+        if read is not None:
+            prefix, prefix_valid = self._encode_read_passages(read)
+            offset = self.config.prompt_offset
+        cache = LayerKV(prefix, mode)
+        position_ids = positions_from_mask(mask, offset)
+        hidden = get(self.lm, self.spec.embed)(ids)
+        hidden, _ = self._prompt_layers(hidden, mask.bool(), position_ids, cache, prefix_valid)
+        return hidden, cache, prefix_valid, position_ids
 
     def _decode_autocast(self):
         if self.decode_precision == "bf16":
