@@ -73,3 +73,18 @@ def test_default_demo_is_the_real_backbone_with_every_method(tmp_path):
     parser = argparse.ArgumentParser()
     demo_command.add_arguments(parser)
     assert parser.parse_args([]).backbone == "smollm2"
+
+
+def test_eval_questions_sets_the_test_questions_per_format_and_their_own_folders(tmp_path):
+    from imprag.errors import UserError
+
+    default = Demo(DemoConfig(out=tmp_path / "demo"))
+    more = Demo(DemoConfig(out=tmp_path / "demo", eval_questions=64))
+    assert (default.size.eval_limit, more.size.eval_limit) == (16, 64)
+    assert more.size.read_steps == default.size.read_steps  # training is the same
+    # a rerun with another N never reuses the first run's cells or report
+    assert default.results_dir("eval") == tmp_path / "demo" / "eval"
+    assert more.results_dir("eval") == tmp_path / "demo" / "eval-64"
+    assert more.results_dir("report") == tmp_path / "demo" / "report-64"
+    with pytest.raises(UserError, match="--eval-questions must be >= 1"):
+        DemoConfig(out=tmp_path / "demo", eval_questions=0)

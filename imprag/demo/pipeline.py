@@ -201,6 +201,8 @@ class DemoConfig:
     )
     # a folder in the world layout (imprag.demo.layout) used in place of the generated world (None: generate)
     world: Path | None = None
+    # test questions per format (None: the size's). A 16-question cell has a standard error of ~12 EM points
+    eval_questions: int | None = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -216,12 +218,15 @@ class DemoConfig:
             raise UserError(f"--size must be one of {', '.join(SIZES)} (got {self.size!r})")
         if self.backbone not in ("tiny", "smollm2"):
             raise UserError(f"--backbone must be tiny or smollm2 (got {self.backbone!r})")
+        if self.eval_questions is not None and self.eval_questions < 1:
+            raise UserError(f"--eval-questions must be >= 1 (got {self.eval_questions})")
 
 
 class Demo:
     def __init__(self, cfg: DemoConfig):
         self.cfg = cfg
-        self.size = SIZES[cfg.size] if cfg.backbone == "tiny" else smollm2_size(cfg.size)
+        size = SIZES[cfg.size] if cfg.backbone == "tiny" else smollm2_size(cfg.size)
+        self.size = size if cfg.eval_questions is None else replace(size, eval_limit=cfg.eval_questions)
         self.device = "cuda" if _cuda() else "cpu"
         # bf16 autocast for the real backbone where the hardware has it (the tiny one stays fp32)
         self.precision = "bf16" if cfg.backbone == "smollm2" and _bf16_fast(self.device) else "fp32"
@@ -239,6 +244,12 @@ class Demo:
         self.timings[name] = time.perf_counter() - start
         log.info("[%s] finished in %.1f s", name, self.timings[name])
         return result
+
+    def results_dir(self, name: str) -> Path:
+        """`eval` or `report` under --out; with --eval-questions N, `eval-N` / `report-N`, so that a rerun with
+        another N never reuses the cells or the report of the first."""
+        n = self.cfg.eval_questions
+        return self.out / (name if n is None else f"{name}-{n}")
 
     @property
     def world(self) -> Path:
@@ -547,7 +558,7 @@ class Demo:
         runs = []
         for method in self.cfg.methods:
             for task in self.plan.evaluate:
-                out = self.out / "eval" / f"{method}-{task}"
+                out = self.results_dir("eval") / f"{method}-{task}"
                 runs.append(out)
                 cfg = EvalConfig(
                     model=model_dir,
@@ -559,7 +570,7 @@ class Demo:
                     passages=self.passages,
                     k=self.size.k,
                     limit=self.size.eval_limit,
-                    batch_size=min(self.size.eval_limit, 32),  # a task's questions in one batch
+                    batch_size=min(self.size.eval_limit, 32),  # up to 32 of a task's questions a batch
                     max_new_tokens=16,
                     cache_dir=self.out / "cache",
                     precision=self.precision,
@@ -573,7 +584,7 @@ class Demo:
     def report(self, runs: list[Path]) -> Path:
         from imprag.eval.report import build_report
 
-        out = self.out / "report"
+        out = self.results_dir("report")
         self._step(
             "report",
             out / "table.md",
