@@ -73,6 +73,25 @@ def test_rerun_reuses_finished_steps(demo_run, caplog):
     assert any("[train]" in m for m in done) and any("[index]" in m for m in done)
 
 
+def test_a_cell_of_another_question_count_is_evaluated_again_and_the_report_rebuilt(demo_run, caplog):
+    import logging
+
+    # a finished cell from a run whose size had another test-question count for this format
+    metrics = demo_run / "eval" / "imprag-nq" / "metrics.json"
+    doc = json.loads(metrics.read_text())
+    assert doc["limit"] == 6
+    metrics.write_text(json.dumps({**doc, "limit": 3}))
+    table = demo_run / "report" / "table.md"
+    table.write_text("stale")
+    with caplog.at_level(logging.INFO):
+        Demo(DemoConfig(out=demo_run, size="tiny", backbone="tiny")).run()
+    again = [r.message for r in caplog.records if "evaluating the cell again" in r.message]
+    assert again == ["[eval imprag/nq] 6 test questions now: evaluating the cell again"]
+    assert json.loads(metrics.read_text())["limit"] == 6
+    assert json.loads(metrics.read_text())["tasks"]["nq"]["n"] == 6
+    assert table.read_text().startswith("# imprag demo (tiny)")  # rebuilt from the cells
+
+
 @pytest.fixture(scope="module")
 def smollm2_demo_run(tmp_path_factory, monkeypatch_module):
     """The default (real SmolLM2) demo, reduced: size tiny (300 entities, 30 cached warmup steps, 2 reader

@@ -69,7 +69,11 @@ def test_default_demo_is_the_real_backbone_with_every_method(tmp_path):
     d = Demo(DemoConfig(out=tmp_path / "demo"))
     assert d.cfg.backbone == "smollm2" and d.cfg.size == "small"
     assert d.cfg.methods == ["imprag", "rag-bm25", "rag-dense", "closed-book", "oracle"]
-    assert d.size.eval_limit == 16 and d.size.k == 5
+    assert d.size.k == 5
+    # 32 questions for the QA formats whose EM the methods are compared on, 16 for T-REx, zsRE and FEVER,
+    # 8 for the others
+    formats = ("nq", "hotpotqa", "simpleqa", "trex", "zsre", "fever", "aida", "2wikimultihopqa")
+    assert [d.eval_limit(t) for t in formats] == [32, 32, 32, 16, 16, 16, 8, 8]
     parser = argparse.ArgumentParser()
     demo_command.add_arguments(parser)
     assert parser.parse_args([]).backbone == "smollm2"
@@ -80,7 +84,8 @@ def test_eval_questions_sets_the_test_questions_per_format_and_their_own_folders
 
     default = Demo(DemoConfig(out=tmp_path / "demo"))
     more = Demo(DemoConfig(out=tmp_path / "demo", eval_questions=64))
-    assert (default.size.eval_limit, more.size.eval_limit) == (16, 64)
+    assert (default.eval_limit("nq"), more.eval_limit("nq")) == (32, 64)
+    assert more.eval_limit("fever") == more.eval_limit("aida") == 64  # N for every format
     assert more.size.read_steps == default.size.read_steps  # training is the same
     # a rerun with another N never reuses the first run's cells or report
     assert default.results_dir("eval") == tmp_path / "demo" / "eval"

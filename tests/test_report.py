@@ -81,3 +81,16 @@ def test_skipped_tasks_are_named_under_the_table_and_in_report_json(tmp_path):
     assert saved == doc and saved["skipped"] == {"trex": "no tasks/trex/test.jsonl"}
     assert saved["rows"][0]["cells"]["nq"]["em"] == 0.30  # rows -> cells -> task -> em as before
     assert "skipped" not in build_report([run], tmp_path / "rep2")
+
+
+def test_examples_per_cell_names_each_format_when_their_sizes_differ(tmp_path):
+    same = collect([write_run(tmp_path / "a", "imprag", 5, {"nq": (0.5, 1.0), "fever": (0.5, 1.0)}, n=16)])
+    assert "Examples per cell: 16." in format_table(same)
+    mixed = collect(
+        [
+            write_run(tmp_path / "qa", "imprag", 5, {"nq": (0.5, 1.0)}, n=32),
+            write_run(tmp_path / "fv", "imprag", 5, {"fever": (0.5, 1.0)}, n=16),
+            write_run(tmp_path / "cb", "closed-book", 5, {"nq": (0.0, None)}, n=8),
+        ]
+    )
+    assert "Examples per cell: NQ 8/32, FEVER 16." in format_table(mixed)

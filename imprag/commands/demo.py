@@ -33,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         default=None,
-        help="test questions per format (default: the size's, 16 for small). A 16-question cell has a standard "
-        "error of about 12 EM points; each question more costs about 0.5 s per method on 2 cores",
+        help="test questions for every format (default: the size's; small: 32 for NQ, HotpotQA and SimpleQA, 16 "
+        "for FEVER, 8 for the others). A 16-question cell has a standard error of about 12 EM points; each "
+        "question more costs about 0.5 s per method on 2 cores",
     )
     parser.add_argument(
         "--train-minutes",

@@ -132,6 +132,16 @@ def _cell(em: float | None, rec: float | None) -> str:
     return _pct(em) if rec is None else f"{_pct(em)} ({_pct(rec)})"
 
 
+def _examples(rows: list[Row], cols: list[str]) -> str:
+    """ "16" when every cell has 16 examples; else each format's ("NQ 32, FEVER 16"), or each cell's where
+    a format's cells differ."""
+    ns = {t: sorted({r.cells[t].n for r in rows if t in r.cells}) for t in cols}
+    every = sorted({n for v in ns.values() for n in v})
+    if len(every) <= 1:
+        return ", ".join(map(str, every))
+    return ", ".join(f"{DISPLAY.get(t, t)} {'/'.join(map(str, v))}" for t, v in ns.items())
+
+
 def format_table(rows: list[Row], title: str = "ImpRAG evaluation") -> str:
     cols = columns(rows)
     seen = [DISPLAY.get(t, t) for t in cols if TASKS.get(t) is not None and TASKS[t].group == "seen"]
@@ -155,10 +165,9 @@ def format_table(rows: list[Row], title: str = "ImpRAG evaluation") -> str:
             partial |= not full
             cells.append(_cell(em, rec) + ("" if full else "*"))
         lines.append("| " + " | ".join(cells) + " |")
-    ns = sorted({c.n for r in rows for c in r.cells.values()})
     lines += [
         "",
-        f"Examples per cell: {', '.join(map(str, ns))}."
+        f"Examples per cell: {_examples(rows, cols)}."
         + (f" Seen formats: {', '.join(seen)}." if seen else "")
         + (f" Unseen formats: {', '.join(unseen)}." if unseen else ""),
         "EM: KILT exact match after the official KILT normalisation ([unicode EM]: accents and Unicode "
