@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         default=None,
         help="test questions for every format (default: the size's; small: 32 for NQ, HotpotQA and SimpleQA, 16 "
-        "for FEVER, 8 for the others). A 16-question cell has a standard error of about 12 EM points; each "
-        "question more costs about 0.5 s per method on 2 cores",
+        "for T-REx, zsRE and FEVER, 8 for 2Wiki and AIDA). A 16-question cell has a standard error of about 12 "
+        "EM points; each question more costs about 0.5 s per method on 2 cores",
     )
     parser.add_argument(
         "--train-minutes",

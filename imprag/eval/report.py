@@ -133,8 +133,8 @@ def _cell(em: float | None, rec: float | None) -> str:
 
 
 def _examples(rows: list[Row], cols: list[str]) -> str:
-    """ "16" when every cell has 16 examples; else each format's ("NQ 32, FEVER 16"), or each cell's where
-    a format's cells differ."""
+    """The examples per cell: one number when every cell has it, else each format's ("NQ 32, FEVER 16"),
+    with each size a format's cells have ("NQ 8/32")."""
     ns = {t: sorted({r.cells[t].n for r in rows if t in r.cells}) for t in cols}
     every = sorted({n for v in ns.values() for n in v})
     if len(every) <= 1:
