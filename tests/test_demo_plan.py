@@ -46,7 +46,7 @@ def test_smollm2_plan_reads_from_layer_b_to_the_top_at_the_full_learning_rate(tm
     cfg = plan(tmp_path, "smollm2", "small")
     assert (cfg.model.b, cfg.model.t) == (7, 29)  # SmolLM2-135M has 30 layers
     assert (cfg.cached_warmup.steps, cfg.cached_warmup.batch_size, cfg.cached_warmup.lr) == (1000, 64, 1e-3)
-    assert stages(cfg) == [("read", "lm", 28, 1.0, 1.0, True)]
+    assert stages(cfg) == [("read", "lm", 40, 1.0, 1.0, True)]
     assert [s.batch_size for s in cfg.stages] == [8]
     assert not any(s.passage_grad for s in cfg.stages)
     assert (cfg.optim.lr, cfg.optim.schedule) == (1e-4, "constant")
