@@ -163,7 +163,7 @@ def smollm2_size(size_name: str) -> DemoSize:
       (FEVER's answer format, taught without FEVER data). A stage of them alone before it taught the format
       but no judgement (its label loss stayed at chance, also at 4x the learning rate) and cost 78 s, so
       there is none; evaluation judges FEVER claims by their likelihood given the passages
-      (`imprag.eval.verify`). 40 steps (240 questions) rather than 28 (+~55 s): gold-passage NQ-style EM on
+      (`imprag.eval.verify`). 40 steps (240 questions) rather than 28 (+25-35 s): gold-passage NQ-style EM on
       the first 32 test questions 65.6 -> 75.0 (seed 0's world), 53.1 -> 84.4 (seed 1's), mostly on
       birthplaces, whose passages name a country or city before the birthplace.
     - 600 training questions per seen task: the warmup's prompt cache costs seconds, not a minute.
