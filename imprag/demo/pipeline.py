@@ -133,13 +133,17 @@ SIZES = {
 }
 
 
-# per size for SmolLM2: (cached warmup steps, reader steps, test questions per task)
-SMOLLM2_STEPS = {"tiny": (30, 2, 3), "small": (1000, 40, 8), "full": (2000, 120, 100)}
 # the small size's test questions where they differ from 8: 32 for the QA formats whose EM the methods are
 # compared on (a 16-question cell has a standard error of ~12 EM points, 32 ~9); 16 for the formats whose
 # answer recall (T-REx, zsRE) or accuracy (FEVER) the demo states a floor for. 2Wiki and AIDA, with no
 # claim on them, get 8, which pays for most of the rest
 SMALL_EVAL_LIMITS = {"nq": 32, "hotpotqa": 32, "simpleqa": 32, "trex": 16, "zsre": 16, "fever": 16}
+# per size for SmolLM2: (cached warmup steps, reader steps, test questions per task, where they differ)
+SMOLLM2_STEPS = {
+    "tiny": (30, 2, 3, {}),
+    "small": (1000, 40, 8, SMALL_EVAL_LIMITS),
+    "full": (2000, 120, 100, {}),
+}
 
 
 def smollm2_size(size_name: str) -> DemoSize:
@@ -170,7 +174,7 @@ def smollm2_size(size_name: str) -> DemoSize:
     - No self-distillation: on the GPU runs it took dev recall@5 from 0.70-0.77 to 0.53-0.57.
     - Decoding and the reader stage in bf16 autocast where the CPU (AVX512-BF16 / AMX) or GPU has it.
     Numbers and commands: docs/benchmarks.md."""
-    cached, read, limit = SMOLLM2_STEPS[size_name]
+    cached, read, limit, limits = SMOLLM2_STEPS[size_name]
     return replace(
         SIZES[size_name],
         b=7,
@@ -192,7 +196,7 @@ def smollm2_size(size_name: str) -> DemoSize:
         distill_steps=0,
         distill_batch=8,
         eval_limit=limit,
-        eval_limits=SMALL_EVAL_LIMITS if size_name == "small" else {},
+        eval_limits=dict(limits),
     )
 
 
