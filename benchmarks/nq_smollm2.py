@@ -1,7 +1,7 @@
 """Real-data benchmark: ImpRAG fine-tuning of SmolLM2-135M (b=7, t=29) on NQ, evaluated on NQ dev and HotpotQA dev against RA-IT (rag-bm25, rag-dense) and closed-book, all
 reading with the same fine-tuned LM, over the 12,585 shared Wikipedia passages.
 
-    python benchmarks/nq_smollm2.py --profile cpu --threads 1     # 2 CPU cores, 35-60 min (cuts below)
+    python benchmarks/nq_smollm2.py --profile cpu --threads 2     # 2 CPU cores, 84 min from scratch (cuts below)
     python benchmarks/nq_smollm2.py --profile gpu                 # one GPU (steps timed on one H100 below)
     python benchmarks/nq_smollm2.py --profile cpu --only retrieval,eval   # some steps only
 
@@ -22,9 +22,10 @@ CPU profile (configs/nq_smollm2_cpu.yaml, the demo's recipe on real data): the c
 steps over the 12,585 passages' cached layer-7 inputs, gold labels, title pseudo-queries), then 60
 reader steps (8 questions reading BM25's top 5 through layers 7..29, the retrieval path frozen, no
 gradient through the passages' own forward, bf16 autocast). The index is the warmup's stored vectors
-(seconds). Measured (one thread, beside other jobs; docs/benchmarks.md): the layer-7 cache ~25 min (it
-was reused from an earlier run: `--cached_warmup.cache_dir`), warmup ~14 min, reader ~21 min, index
-14 s, evaluation of all 500 / 100 dev questions ~55 min on 2 threads. What it cuts against the GPU
+(seconds). Measured from scratch on 2 cores, 2 threads (docs/benchmarks.md): mining 7.5 min (MiniLM
+embeds the corpus once), the layer-7 cache 14 min (reused by a later run with the same weights, b, l_max
+and k, or from `--cached_warmup.cache_dir`), warmup 6 min, reader 6 min, index 10 s, evaluation of all
+500 / 100 dev questions 49 min (40 of them rag-bm25 and rag-dense). What it cuts against the GPU
 profile (configs/nq_smollm2_gpu.yaml, the same recipe, not yet run on a GPU): 5 of k=10 passages read;
 3,000 warmup steps (GPU 5,000); 60 reader steps (~0.3 epoch; GPU 3 epochs at batch 32); no gradient
 through the passages' own forward. `--nq-limit` / `--hotpot-limit` cut the evaluated questions. `--retrievers bm25` leaves the dense
