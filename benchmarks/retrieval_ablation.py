@@ -25,15 +25,10 @@ import torch
 from imprag.data.kilt import load_examples
 from imprag.model.calibration import FREE, Calibration, calibration_prompts, template_key
 from imprag.model.imprag import ImpRAG
-from imprag.passage import passage_text
+from imprag.passage import read_passages
 from imprag.train.retrieval_cache import CachedData, RetrievalHead, build_cache, train_cached
 
 UNSEEN = ("trex", "zsre", "aida", "fever")
-
-
-def load_passages(path: Path) -> tuple[list[str], list[str]]:
-    rows = [json.loads(line) for line in path.open()]
-    return [r["id"] for r in rows], [passage_text(r) for r in rows]
 
 
 def gold_rows(examples, pid_row: dict[str, int]) -> list[list[int]]:
@@ -83,14 +78,14 @@ def main() -> None:
     torch.manual_seed(0)
 
     if args.world:
-        ids, texts = load_passages(args.world / "passages.jsonl")
+        ids, texts = read_passages(args.world / "passages.jsonl")
         train = load_examples(args.world / "tasks/nq/train.jsonl", "nq")
         evals = {"nq dev": load_examples(args.world / "tasks/nq/dev.jsonl", "nq")[: args.dev_limit]}
         for t in UNSEEN:
             evals[f"{t} test"] = load_examples(args.world / f"tasks/{t}/test.jsonl", t)[: args.dev_limit]
         l_max = args.l_max or 96
     else:
-        ids, texts = load_passages(args.real / "wiki/passages.jsonl")
+        ids, texts = read_passages(args.real / "wiki/passages.jsonl")
         train = load_examples(args.real / "nq/train.jsonl", "nq")
         evals = {"nq dev": load_examples(args.real / "nq/dev.jsonl", "nq")[: args.dev_limit]}
         l_max = args.l_max or 128

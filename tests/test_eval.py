@@ -11,11 +11,11 @@ import torch
 from conftest import build_index
 
 from imprag.cli import main
-from imprag.commands.score import score_files
 from imprag.data.kilt import load_examples
 from imprag.data.tasks import EVAL_TASKS, get_task
 from imprag.eval.methods import answer_line, postprocess, ra_it_prompt
 from imprag.eval.runner import recall_ks
+from imprag.eval.scoring import score_files
 
 K = 3
 MAX_NEW = 6

@@ -297,7 +297,7 @@ def test_cli_bad_lines_fail_or_skip(files, tmp_path: Path, capsys) -> None:
     bad_p = write_jsonl(tmp_path / "bad-passages.jsonl", [PASSAGES[0], {"title": "no id", "text": "x"}])
     args = ["mine", "--passages", str(bad_p), "--data", str(files["data"]), "--out", str(files["out"])]
     assert main([*args, "--cache-dir", str(files["cache"])]) == 2
-    _one_error_line(capsys, "bad-passages.jsonl:2:", 'no "id"')
+    _one_error_line(capsys, "bad-passages.jsonl:2:", 'missing "id"')
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

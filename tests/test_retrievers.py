@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from imprag.errors import UserError
-from imprag.passage import passage_text
-from imprag.retrievers import load_retriever, read_passages
+from imprag.passage import passage_text, read_passages
+from imprag.retrievers import load_retriever
 from imprag.retrievers.base import topk_rows
 from imprag.retrievers.bm25 import BM25Retriever
 
@@ -80,7 +80,7 @@ def test_read_passages_bad_lines(tmp_path: Path) -> None:
     bad.write_text(
         '{"id": "a", "title": "A", "text": "x"}\n{"title": "B", "text": "no id"}\n{"id": "a", "text": "dup"}\n'
     )
-    with pytest.raises(UserError, match=r"bad\.jsonl:2: no \"id\""):
+    with pytest.raises(UserError, match=r"bad\.jsonl:2: missing \"id\""):
         read_passages(bad)
     ids, _ = read_passages(bad, on_error="skip")
     assert ids == ["a"]  # line 2 has no id, line 3 repeats "a"

@@ -15,6 +15,7 @@ import json
 import textwrap
 from pathlib import Path
 
+from imprag.device import DEVICE_HELP, pick_device
 from imprag.errors import UserError
 from imprag.model.window import context_window, prompt_budget
 
@@ -62,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="torch CPU threads (default: torch's choice; 1 is often fastest for small models on busy CPUs)",
     )
-    parser.add_argument("--device", default=None, help="torch device (default cpu)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,11 +85,9 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise UserError(f"--threads {args.threads}: must be at least 1")
         torch.set_num_threads(args.threads)
-    model = ImpRAG.from_pretrained(args.model, device=args.device)
+    model = ImpRAG.from_pretrained(args.model, device=pick_device(args.device))
     k_model = model.config.k
-    k = k_model if args.k is None else args.k
-    if not 0 <= k <= k_model:
-        raise UserError(f"-k {k}: the model reads 0..{k_model} passages; pass -k {k_model} or fewer")
+    k = model.config.check_reads(k_model if args.k is None else args.k)
     window = context_window(model.lm.config)
     prompt_budget(k_model, model.config.l_max, window, args.max_tokens, k > 0, "--max-tokens")
     index = Index.load(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from imprag.device import DEVICE_HELP, pick_device
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="ImpRAG / Hugging Face model folder")
@@ -14,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-passages", type=int, default=512, help="passages sampled (default 512)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None, help="torch device (default cpu)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_passages < 1:
         raise UserError(f"--max-passages must be at least 1 (got {args.max_passages})")
-    model = ImpRAG.from_pretrained(args.model, device=args.device)
+    model = ImpRAG.from_pretrained(args.model, device=pick_device(args.device))
     if model.config.calibration == "none":
         raise UserError(f"{args.model}: this model's calibration is 'none'; nothing to calibrate")
     cal = model.calibrate(sample_passage_texts(args.passages, args.max_passages, args.seed))

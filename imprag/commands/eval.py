@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from imprag.data.tasks import TASKS
+from imprag.device import DEVICE_HELP, pick_device
 from imprag.eval.methods import METHODS
 from imprag.eval.metrics import MATCH_MODES
 
@@ -92,9 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="search an index built by other weights anyway (results are then meaningless for imprag)",
     )
-    parser.add_argument(
-        "--device", default=None, help="torch device (default: cuda when available, else cpu)"
-    )
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument(
         "--model-dtype",
         choices=("float32", "bfloat16", "float16"),
@@ -120,11 +119,7 @@ def _split(text: str | None) -> list[str] | None:
 def run(args: argparse.Namespace) -> int:
     from imprag.eval.runner import EvalConfig, run_eval
 
-    device = args.device
-    if device is None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(pick_device(args.device))  # EvalConfig is written to metrics.json
     cfg = EvalConfig(
         model=args.model,
         data=[Path(x) for x in _split(args.data) or []],

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from imprag.device import DEVICE_HELP, pick_device
 from imprag.errors import UserError
 
 
@@ -57,8 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--device",
-        default=None,
-        help="torch device (default: cuda:LOCAL_RANK when CUDA is available, else cpu)",
+        default="auto",
+        help=DEVICE_HELP,
     )
     parser.add_argument(
         "--model-dtype",
@@ -89,17 +90,14 @@ def parse_shard(spec: str | None) -> tuple[int, int, bool]:
 
 
 def _model_encoder(
-    path: Path, device: str | None, model_dtype: str, max_length: int | None, passages: Path, out: Path
+    path: Path, device: str, model_dtype: str, max_length: int | None, passages: Path, out: Path
 ):
-    import torch
 
     from imprag.index.encoder import model_encoder
     from imprag.model.calibration import ensure_calibrated
     from imprag.model.imprag import ImpRAG
 
-    if device is None:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}" if torch.cuda.is_available() else "cpu"
-    m = ImpRAG.from_pretrained(path, dtype=model_dtype, device=device)
+    m = ImpRAG.from_pretrained(path, dtype=model_dtype, device=pick_device(device))
     ensure_calibrated(m, passages, saved=out)  # a backbone used as it is: calibrated from this corpus
     encoder = model_encoder(m, max_length, source=path)
     return encoder, encoder.info["max_length"]

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from imprag.device import DEVICE_HELP, pick_device
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -36,14 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--width", type=int, default=100, help="characters of text shown per passage (default 100)"
     )
-    parser.add_argument("--device", default=None, help="torch device (default cpu)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
     from imprag.index.faiss_index import Index
     from imprag.model.imprag import ImpRAG
 
-    model = ImpRAG.from_pretrained(args.model, device=args.device)
+    model = ImpRAG.from_pretrained(args.model, device=pick_device(args.device))
     index = Index.load(
         args.index,
         model=model,

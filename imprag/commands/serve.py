@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from imprag.device import DEVICE_HELP, pick_device
 from imprag.errors import UserError
 from imprag.serve.config import ServeConfig
 
@@ -120,7 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="serve an index built by other weights anyway",
     )
-    parser.add_argument("--device", default=None, help="torch device (default cpu)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument(
         "--threads",
         type=int,
@@ -182,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    model = ImpRAG.from_pretrained(args.model, dtype=args.dtype, device=args.device)
+    model = ImpRAG.from_pretrained(args.model, dtype=args.dtype, device=pick_device(args.device))
     index = Index.load(
         args.index, model=model, allow_mismatch=args.allow_fingerprint_mismatch, passages=args.passages
     )

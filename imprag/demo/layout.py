@@ -77,7 +77,7 @@ def _check_gold(path: Path, task: str, passages: Path, ids: set[str]) -> None:
 
 def inspect_world(root: str | Path) -> WorldPlan:
     """Check a world folder (UserError naming the file and the fix) and plan the demo on it."""
-    from imprag.retrievers.base import read_passages
+    from imprag.passage import read_passages
 
     root = Path(root)
     layout = "passages.jsonl and tasks/<task>/{train,dev,test}.jsonl"

@@ -343,11 +343,12 @@ class Demo:
 
         from imprag.model.config import ImpRAGConfig
         from imprag.model.tiny import build_tokenizer, tiny_config
+        from imprag.passage import read_passages
 
         s = self.size
         init = self.out / "backbone" / "init"
         sib = self.out / "pretrain-world" / "passages.jsonl"
-        texts = _jsonl_texts(self.passages) + (_jsonl_texts(sib) if sib.exists() else [])
+        texts = read_passages(self.passages)[1] + (read_passages(sib)[1] if sib.exists() else [])
         tok = build_tokenizer(texts, vocab_size=s.vocab)
         cfg = tiny_config(
             "llama",
@@ -422,9 +423,10 @@ class Demo:
 
         from imprag.data import retrieval_free as rf
         from imprag.data.kilt import load_examples
-        from imprag.io import atomic_write_jsonl, iter_jsonl
+        from imprag.io import atomic_write_jsonl
+        from imprag.passage import read_passage_lines
 
-        passages = [obj for _, obj in iter_jsonl(self.passages)]
+        passages = [p.record for p in read_passage_lines(self.passages)]
         seed = self.cfg.seed
         if task == "rc":
             by_id = {str(p["id"]): p for p in passages}
@@ -709,10 +711,3 @@ def _device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name(0)
     return f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-
-
-def _jsonl_texts(path: Path) -> list[str]:
-    from imprag.passage import passage_text
-
-    with path.open() as f:
-        return [passage_text(json.loads(line)) for line in f if line.strip()]

@@ -34,7 +34,7 @@ from imprag.data.tasks import TaskSpec
 from imprag.errors import UserError
 from imprag.eval.metrics import fever_label
 from imprag.eval.verify import Threshold, claim_parts, fit_threshold, sample_ids, statements
-from imprag.passage import passage_text
+from imprag.passage import passage_text, read_passage_lines
 
 log = logging.getLogger(__name__)
 
@@ -130,37 +130,13 @@ class PassageLookup:
 
     def __init__(self, path: str | Path, on_error: str = "fail"):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise UserError(f"{self.path}: passages file not found (check --passages)")
-        self._offsets: dict[str, tuple[int, int]] = {}
+        self._offsets: dict[str, tuple[int, int]] = {}  # id -> (byte offset, length) of its line
         self._by_title: dict[str, list[str]] = {}
-        pos = 0
-        with self.path.open("rb") as f:
-            for lineno, raw in enumerate(f, start=1):
-                start, pos = pos, pos + len(raw)
-                if not raw.strip():
-                    continue
-                try:
-                    rec = json.loads(raw.decode("utf-8"))
-                    if not isinstance(rec, dict) or rec.get("id") is None:
-                        raise ValueError('expected a JSON object with an "id"')
-                except (UnicodeDecodeError, ValueError) as e:
-                    msg = f"{self.path}:{lineno}: not a passage record ({str(e).splitlines()[0][:80]})"
-                    if on_error == "fail":
-                        raise UserError(msg + " (fix the line, or pass --on-error skip)") from None
-                    log.warning("skipping %s", msg)
-                    continue
-                pid = str(rec["id"])
-                if pid in self._offsets:
-                    continue  # the first record of an id wins (the retrievers refuse duplicates anyway)
-                self._offsets[pid] = (start, pos - start)
-                title = _title_key(rec.get("title"))
-                if title:
-                    self._by_title.setdefault(title, []).append(pid)
-        if not self._offsets:
-            raise UserError(
-                f'{self.path}: no passages found (expected JSONL lines like {{"id", "title", "text"}})'
-            )
+        for p in read_passage_lines(self.path, on_error):
+            self._offsets[p.id] = (p.start, p.end - p.start)
+            title = _title_key(p.record.get("title"))
+            if title:
+                self._by_title.setdefault(title, []).append(p.id)
         self._fd = os.open(self.path, os.O_RDONLY)
 
     def __len__(self) -> int:
@@ -329,7 +305,8 @@ class ImpRAGMethod(Method):
 
     def corpus(self) -> PassageLookup:
         if self.lookup is None:  # read only when FEVER is calibrated
-            self.lookup = PassageLookup(self.index.store.passages_path)
+            # the index build reported (or refused) its bad lines already
+            self.lookup = PassageLookup(self.index.store.passages_path, on_error="skip")
         return self.lookup
 
     def evidence(self, examples, prompts):

@@ -323,11 +323,8 @@ def run_eval(cfg: EvalConfig, model: Any = None) -> dict[str, Any]:
     prompt_budget(
         mc.k, mc.l_max, context_window(model.lm.config), cfg.max_new_tokens, reads, "--max-new-tokens"
     )
-    if reads and k > model.config.k:
-        raise UserError(
-            f"-k {k}: the model reads at most k={model.config.k} passages through its middle layers "
-            f"(its prompt positions start at k*l_max); pass -k {model.config.k} or less"
-        )
+    if reads:
+        model.config.check_reads(k)
     index = None
     if cfg.index is not None and cfg.method == "imprag":
         from imprag.index.faiss_index import Index

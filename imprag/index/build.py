@@ -36,7 +36,7 @@ from imprag.index.corpus import Chunk, CorpusInfo, find_repeated_id, iter_chunks
 from imprag.index.faiss_build import atomic_write_index, build_faiss, plan_factory
 from imprag.index.shards import SHARD_DIR, Shard, load_shard, write_shard
 from imprag.io import atomic_write_bytes, atomic_write_json, read_json
-from imprag.passage import passage_text
+from imprag.passage import passage_text, repeated_id_error
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def prepare_build(cfg: IndexBuildConfig, encoder: Encoder) -> dict[str, Any]:
         if repeated is not None:
             pid, line, first = repeated
             raise UserError(
-                f"{cfg.passages}:{line}: passage id {pid!r} repeats line {first}; ids must be unique "
+                f"{cfg.passages}:{line}: {repeated_id_error(pid, first)} "
                 "(retrieval results and recall are by id): fix the file, then run the command again"
             )
     record: dict[str, Any] = {

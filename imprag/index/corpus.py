@@ -9,7 +9,6 @@ Only the chunks a process owns are decoded; the others are skipped line by line 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from array import array
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from imprag.errors import UserError
+from imprag.passage import validate_record
 
 log = logging.getLogger(__name__)
 
@@ -101,34 +101,6 @@ class Chunk:
     byte_end: int
     passages: list[Passage] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {"line", "error"}
-
-
-def validate_record(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    """(record, None) for a usable passage line, (None, what is wrong) otherwise."""
-    try:
-        s = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return None, f"not valid UTF-8 (byte {e.start} of the line)"
-    try:
-        rec = json.loads(s)
-    except json.JSONDecodeError as e:
-        return None, f"not valid JSON ({e.msg} at column {e.colno})"
-    if not isinstance(rec, dict):
-        return None, f'expected a JSON object with "id" and "text", got {type(rec).__name__}'
-    if "text" not in rec or rec["text"] is None:
-        return None, 'missing "text"'
-    if not isinstance(rec["text"], str):
-        return None, f'"text" must be a string, got {type(rec["text"]).__name__}'
-    if not rec["text"].strip():
-        return None, 'empty "text"'
-    if "id" not in rec or rec["id"] is None or (isinstance(rec["id"], str) and not rec["id"].strip()):
-        return None, 'missing "id"'
-    if not isinstance(rec["id"], (str, int)):
-        return None, f'"id" must be a string or integer, got {type(rec["id"]).__name__}'
-    title = rec.get("title")
-    if title is not None and not isinstance(title, str):
-        return None, f'"title" must be a string, got {type(title).__name__}'
-    return rec, None
 
 
 def find_repeated_id(path: str | Path, show_progress: bool = True) -> tuple[str, int, int] | None:

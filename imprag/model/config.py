@@ -43,6 +43,15 @@ class ImpRAGConfig:
     def prompt_offset(self) -> int:
         return self.k * self.l_max
 
+    def check_reads(self, k: int) -> int:
+        """`-k` of a command that reads through the middle layers: 0..self.k (prompt positions start at k*l_max)."""
+        if not 0 <= k <= self.k:
+            raise UserError(
+                f"-k {k}: the model reads at most k={self.k} passages (its prompt positions start at "
+                f"k*l_max); pass -k {self.k} or fewer"
+            )
+        return k
+
     def validate(self, num_layers: int) -> ImpRAGConfig:
         if not 0 <= self.b < self.t < num_layers:
             raise UserError(

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from imprag.errors import UserError
-from imprag.retrievers.base import Retriever, default_cache_dir, read_passages
+from imprag.retrievers.base import Retriever, default_cache_dir
 
 RETRIEVERS = ("bm25", "dense")
 
-__all__ = ["RETRIEVERS", "Retriever", "default_cache_dir", "load_retriever", "read_passages"]
+__all__ = ["RETRIEVERS", "Retriever", "default_cache_dir", "load_retriever"]
 
 
 def load_retriever(

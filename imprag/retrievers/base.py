@@ -1,11 +1,10 @@
-"""What every explicit-query retriever (BM25, dense) shares: the search interface, the passages reader
-they build from, and the on-disk cache that makes each corpus be indexed once."""
+"""What every explicit-query retriever (BM25, dense) shares: the search interface and the on-disk cache
+that makes each corpus be indexed once."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -17,10 +16,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from imprag.errors import UserError
-from imprag.io import atomic_write_json, iter_jsonl
-from imprag.passage import passage_text
-
-log = logging.getLogger(__name__)
+from imprag.io import atomic_write_json
 
 # Bump when what a cache folder holds changes meaning (tokenisation, text form, file layout).
 CACHE_VERSION = 1
@@ -36,36 +32,6 @@ class Retriever(Protocol):
     def search(self, queries: list[str], k: int) -> tuple[list[list[str]], np.ndarray]:
         """Top-k passage ids per query, best first, and their scores (B, min(k, len(ids)))."""
         ...
-
-
-def read_passages(path: str | Path, on_error: str = "fail") -> tuple[list[str], list[str]]:
-    """A passages JSONL (`{"id","title","text"}` per line) -> (ids, texts as `passage_text` renders them).
-
-    A line without a string/number `id` or with a repeated id is bad input: UserError naming the line
-    (or, with on_error="skip", a warning and the line is left out).
-    """
-    ids: list[str] = []
-    texts: list[str] = []
-    seen: dict[str, int] = {}
-    for lineno, obj in iter_jsonl(path, on_error=on_error):
-        pid = obj.get("id")
-        problem = None
-        if not isinstance(pid, (str, int)) or isinstance(pid, bool) or str(pid) == "":
-            problem = 'no "id" (every passage needs {"id", "title", "text"})'
-        elif str(pid) in seen:
-            problem = f"passage id {pid!r} repeats line {seen[str(pid)]} (ids must be unique)"
-        if problem is not None:
-            msg = f"{path}:{lineno}: {problem}"
-            if on_error == "fail":
-                raise UserError(msg + " (fix the line, or pass --on-error skip)")
-            log.warning("skipping %s", msg)
-            continue
-        seen[str(pid)] = lineno
-        ids.append(str(pid))
-        texts.append(passage_text(obj))
-    if not ids:
-        raise UserError(f'{path}: no passages found (expected JSONL lines like {{"id", "title", "text"}})')
-    return ids, texts
 
 
 def default_cache_dir() -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from imprag.passage import read_passages
 from imprag.retrievers.base import (
     building_dir,
     check_k,
@@ -19,7 +20,6 @@ from imprag.retrievers.base import (
     corpus_meta,
     default_cache_dir,
     read_ids,
-    read_passages,
     topk_rows,
     write_ids,
 )

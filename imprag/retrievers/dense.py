@@ -14,6 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from imprag.errors import UserError
+from imprag.passage import read_passages
 from imprag.retrievers.base import (
     building_dir,
     check_k,
@@ -21,7 +22,6 @@ from imprag.retrievers.base import (
     corpus_meta,
     default_cache_dir,
     read_ids,
-    read_passages,
     write_ids,
 )
 

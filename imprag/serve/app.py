@@ -87,10 +87,8 @@ class Service:
     def build(cls, model: Any, index: Any, config: ServeConfig) -> Service:
         config.validate()
         k_model = model.config.k
-        if config.k is not None and config.k > k_model:
-            raise UserError(
-                f"-k {config.k}: the model reads at most k={k_model} passages; pass -k {k_model} or fewer"
-            )
+        if config.k is not None:
+            model.config.check_reads(config.k)
         # the same check as at model load, now with the answer budget (refuses "no room for a prompt")
         window = check_model_window(model, config.max_tokens_cap, "--max-tokens-cap")
         max_prompt = min(config.max_prompt_tokens, window)

@@ -20,7 +20,7 @@ from imprag.data.example import Example
 from imprag.data.tasks import get_task, task_for_file
 from imprag.errors import UserError
 from imprag.io import iter_jsonl
-from imprag.passage import passage_text
+from imprag.passage import read_passages
 from imprag.train.config import SourceConfig, StageConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -75,22 +75,8 @@ def _on_error_hint(e: UserError) -> UserError:
 
 def load_passages(path: str | Path, on_error: str = "fail") -> dict[str, str]:
     """passages JSONL -> {id: model text (passage_text)} in file order."""
-    out: dict[str, str] = {}
-    try:
-        for lineno, obj in iter_jsonl(path, on_error):
-            pid = obj.get("id")
-            if pid is None or not isinstance(obj.get("text", ""), str):
-                msg = f"{path}:{lineno}: a passage needs an `id` and a string `text`"
-                if on_error == "fail":
-                    raise UserError(msg + " (fix the line, or pass --data.on_error skip)")
-                log.warning("skipping %s", msg)
-                continue
-            out[str(pid)] = passage_text(obj)
-    except UserError as e:
-        raise _on_error_hint(e) from None
-    if not out:
-        raise UserError(f"{path}: no passages (is it an empty file?)")
-    return out
+    ids, texts = read_passages(path, on_error, flag="--data.passages", skip_flag="--data.on_error skip")
+    return dict(zip(ids, texts))
 
 
 def load_mined(
