@@ -171,7 +171,7 @@ def load_examples(
         if rid in seen_ids:
             if unique_ids:
                 raise UserError(
-                    f"{where}: duplicate gold id {rid!r} (first at line {seen_ids[rid]}); ids must be unique"
+                    f"{where}: duplicate id {rid!r} (first at line {seen_ids[rid]}); ids must be unique"
                 )
             log.warning("%s: duplicate id %s", where, rid)
         seen_ids.setdefault(rid, lineno)

@@ -169,16 +169,11 @@ def plan_tasks(cfg: EvalConfig) -> list[TaskRun]:
                 f"{path}: cannot tell the task from the file name; pass --task (one of {', '.join(TASKS)})"
             )
         spec = get_task(name)
-        examples = load_examples(path, spec, on_error=cfg.on_error, require_answers=True, limit=cfg.limit)
+        examples = load_examples(
+            path, spec, on_error=cfg.on_error, require_answers=True, unique_ids=True, limit=cfg.limit
+        )
         if not examples:
             raise UserError(f"{path}: no examples in the file")
-        seen: dict[str, str] = {}
-        for ex in examples:
-            if ex.id in seen:
-                raise UserError(
-                    f"{ex.source}: duplicate id {ex.id!r} (first at {seen[ex.id]}); ids must be unique"
-                )
-            seen[ex.id] = ex.source
         runs.append(TaskRun(spec.name, spec, path, examples))
     names = [r.name for r in runs]
     for r in runs:

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from imprag.data.example import Example
 from imprag.data.kilt import load_examples
 from imprag.data.tasks import TASKS, get_task, task_for_file
 from imprag.errors import UserError
@@ -70,13 +69,7 @@ def score_files(
     examples = load_examples(gold, spec, on_error=on_error, require_answers=True, unique_ids=True)
     if not examples:
         raise UserError(f"{gold}: no gold examples in the file")
-    by_id: dict[str, Example] = {}
-    for ex in examples:
-        if ex.id in by_id:
-            raise UserError(
-                f"{ex.source}: duplicate gold id {ex.id!r} (first at {by_id[ex.id].source}); ids must be unique"
-            )
-        by_id[ex.id] = ex
+    by_id = {ex.id: ex for ex in examples}  # unique: load_examples refused a repeated id
     texts: dict[str, Mapping[str, Any]] = {}
     if passages is not None:
         texts = {p.id: p.record for p in read_passage_lines(passages, on_error)}

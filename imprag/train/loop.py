@@ -14,6 +14,7 @@ import random
 import shutil
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,24 @@ def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
     for st in optimizer.state.values():
         if "step" in st:
             st["step"] = st["step"].zero_() if torch.is_tensor(st["step"]) else 0
+
+
+@dataclass
+class _Run:
+    """What one training run works with, built by _Trainer._setup (restored when resuming)."""
+
+    passages: dict[str, str]
+    mixture: Mixture
+    plans: list[StagePlan]
+    total_steps: int
+    model: ImpRAG
+    wrapped: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    dev: Any
+    start: int = 0  # the first step to run
+    tokens_done: int = 0
+    elapsed_before: float = 0.0  # training seconds before this process started (resumed runs)
 
 
 class _Trainer:
@@ -243,9 +262,10 @@ class _Trainer:
 
         return save
 
-    def _save_checkpoint(self, step, model, wrapped, optimizer, scheduler, stage, info) -> None:
+    def _save_checkpoint(self, step: int, run: _Run, info: dict[str, Any]) -> None:
         from imprag.train.lora import adapter_state, has_lora
 
+        model, wrapped, optimizer, scheduler = run.model, run.wrapped, run.optimizer, run.scheduler
         save_model = self._save_model_fn(model, wrapped)
         rng = self.env.all_gather_object(ck.rng_state())
         optim_state = self._optimizer_state(wrapped, optimizer)
@@ -301,12 +321,20 @@ class _Trainer:
 
     # ------------------------------------------------------------------ run
     def run(self) -> Path:
-        cfg, env = self.cfg, self.env
         final = self.out / ck.FINAL_DIR
-        if cfg.resume and final.exists():  # final/ is written last and removed by a fresh start
+        if self.cfg.resume and final.exists():  # final/ is written last and removed by a fresh start
             log.info("%s: this run already finished; nothing to resume", final)
             return final
         ckpt = self._resume_point()
+        run = self._setup(ckpt)
+        self._start_output(ckpt, run)
+        done, plan, last_log = self._loop(run)
+        self._finish(run, done, plan, last_log, final)
+        return final
+
+    def _setup(self, ckpt: Path | None) -> _Run:
+        """Data, model, optimizer and schedule, restored from `ckpt` when resuming."""
+        cfg, env = self.cfg, self.env
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
@@ -342,40 +370,42 @@ class _Trainer:
             from imprag.train.evaluate import load_dev
 
             dev = load_dev(cfg.eval, passages, cfg.data.on_error)
-
-        start, tokens_done, elapsed_before = 0, 0, 0.0
-        if ckpt is not None:
-            state, info = ck.load_trainer_state(ckpt)
-            if state.get("world_size", 1) != env.world_size:
-                log.warning(
-                    "resuming a %d-process run on %d processes: the data order is the same, RNG streams differ",
-                    state.get("world_size", 1),
-                    env.world_size,
-                )
-            if cfg.lora.enabled:
-                from imprag.train.lora import load_adapter_state
-
-                load_adapter_state(model, state["adapters"])
-            self._load_optimizer_state(wrapped, optimizer, state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            rngs = state["rng"]
-            ck.set_rng_state(rngs[env.rank] if env.rank < len(rngs) else rngs[0])
-            start = int(state["step"])
-            tokens_done = int(info.get("tokens", 0))
-            elapsed_before = float(info.get("elapsed", 0.0))
-            log.info("resumed from %s at step %d of %d", ckpt, start, total_steps)
-        else:
+        run = _Run(passages, mixture, plans, total_steps, model, wrapped, optimizer, scheduler, dev)
+        if ckpt is None:
             torch.manual_seed(cfg.seed + env.rank)  # per-process dropout streams
+            return run
+        state, info = ck.load_trainer_state(ckpt)
+        if state.get("world_size", 1) != env.world_size:
+            log.warning(
+                "resuming a %d-process run on %d processes: the data order is the same, RNG streams differ",
+                state.get("world_size", 1),
+                env.world_size,
+            )
+        if cfg.lora.enabled:
+            from imprag.train.lora import load_adapter_state
 
-        if env.is_main:
+            load_adapter_state(model, state["adapters"])
+        self._load_optimizer_state(wrapped, optimizer, state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rngs = state["rng"]
+        ck.set_rng_state(rngs[env.rank] if env.rank < len(rngs) else rngs[0])
+        run.start = int(state["step"])
+        run.tokens_done = int(info.get("tokens", 0))
+        run.elapsed_before = float(info.get("elapsed", 0.0))
+        log.info("resumed from %s at step %d of %d", ckpt, run.start, total_steps)
+        return run
+
+    def _start_output(self, ckpt: Path | None, run: _Run) -> None:
+        """Rank 0: clear a replaced run's files, keep the resumed run's metrics rows, log the stages."""
+        if self.env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             if ckpt is None:  # a fresh start (--overwrite, or nothing to resume): drop the old run's files
                 shutil.rmtree(self.out / ck.CKPT_DIR, ignore_errors=True)
-                shutil.rmtree(final, ignore_errors=True)
+                shutil.rmtree(self.out / ck.FINAL_DIR, ignore_errors=True)
                 (self.out / METRICS).unlink(missing_ok=True)
-            self._metrics_rows(start)
-            atomic_write_json(self.out / "train_config.json", to_dict(cfg))
-            for p in plans:
+            self._metrics_rows(run.start)
+            atomic_write_json(self.out / "train_config.json", to_dict(self.cfg))
+            for p in run.plans:
                 log.info(
                     "stage %d %s (%s): steps %d-%d, batch %d (%s), lm_weight %g, lambda %g",
                     p.index,
@@ -388,28 +418,32 @@ class _Trainer:
                     p.config.lm_weight,
                     p.config.retrieval_weight,
                 )
-        env.barrier()
+        self.env.barrier()
 
+    def _loop(self, run: _Run) -> tuple[int, StagePlan | None, dict[str, Any]]:
+        """The optimizer steps from run.start -> (steps done, last stage, last metrics row)."""
+        cfg, env = self.cfg, self.env
+        total_steps, tokens_done = run.total_steps, run.tokens_done
         bar = None
         if env.is_main and cfg.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=total_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+            bar = tqdm(total=total_steps, initial=run.start, desc="train", unit="step", dynamic_ncols=True)
         t0 = time.perf_counter()
         window_tokens, window_t = 0, time.perf_counter()
-        plan_of = {s: p for p in plans for s in range(p.start, p.end)}
+        plan_of = {s: p for p in run.plans for s in range(p.start, p.end)}
         last_log: dict[str, Any] = {}
-        done, plan = start, (plans[-1] if plans else None)  # what the final evaluation reports
+        done, plan = run.start, (run.plans[-1] if run.plans else None)  # what the final evaluation reports
         try:
-            for step in range(start, total_steps):
+            for step in range(run.start, total_steps):
                 plan = plan_of[step]
-                row = self._train_step(step, plan, mixture, wrapped, model, optimizer, scheduler)
+                row = self._train_step(step, plan, run)
                 tokens_done += row.pop("_tokens")
                 window_tokens += row.pop("_local_tokens")
                 now = time.perf_counter()
                 done = step + 1
                 if env.is_main:
-                    elapsed = elapsed_before + now - t0
+                    elapsed = run.elapsed_before + now - t0
                     rate = window_tokens / max(now - window_t, 1e-9)
                     row.update(
                         {"tokens": tokens_done, "tokens_per_s": round(rate, 1), "elapsed": round(elapsed, 3)}
@@ -428,12 +462,17 @@ class _Trainer:
                     "step": done,
                     "stage": plan.config.name,
                     "tokens": tokens_done,
-                    "elapsed": round(elapsed_before + now - t0, 3),
+                    "elapsed": round(run.elapsed_before + now - t0, 3),
                 }
-                if dev is not None and cfg.eval.every and done % cfg.eval.every == 0 and done < total_steps:
-                    self._evaluate(dev, model, wrapped, done, plan)
+                if (
+                    run.dev is not None
+                    and cfg.eval.every
+                    and done % cfg.eval.every == 0
+                    and done < total_steps
+                ):
+                    self._evaluate(run, done, plan)
                 if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
-                    self._save_checkpoint(done, model, wrapped, optimizer, scheduler, plan, info)
+                    self._save_checkpoint(done, run, info)
                 if done < total_steps and self._out_of_time(info["elapsed"]):
                     log.warning(
                         "max_minutes=%g reached after step %d of %d: saving the model as it stands",
@@ -445,28 +484,32 @@ class _Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        if (
-            self._retrieval_moved(done) and model.config.calibration != "none"
-        ):  # the stages moved the states: fresh means
+        return done, plan, last_log
+
+    def _finish(
+        self, run: _Run, done: int, plan: StagePlan | None, last_log: dict[str, Any], final: Path
+    ) -> None:
+        """Fresh calibration means when the states moved, the last evaluation, then final/ (rank 0)."""
+        cfg, env, model = self.cfg, self.env, run.model
+        if self._retrieval_moved(done) and model.config.calibration != "none":
             ctx: Any = nullcontext()
             if cfg.distributed.strategy == "fsdp" and env.distributed:
                 from imprag.train.fsdp import unsharded
 
-                ctx = unsharded(wrapped)  # every process gathers the root's weights, as _evaluate does
+                ctx = unsharded(run.wrapped)  # every process gathers the root's weights, as _evaluate does
             with ctx:
-                self._calibrate(model, mixture, passages)
-        if dev is not None:
-            self._evaluate(dev, model, wrapped, done, plan)
-        save_model = self._save_model_fn(model, wrapped)
+                self._calibrate(model, run.mixture, run.passages)
+        if run.dev is not None:
+            self._evaluate(run, done, plan)
+        save_model = self._save_model_fn(model, run.wrapped)
         if env.is_main:
-            ck.write_dir_atomically(final, self._with_index_vectors(save_model, model, passages, done))
+            ck.write_dir_atomically(final, self._with_index_vectors(save_model, model, run.passages, done))
             log.info(
                 "final model in %s (last step: %s)",
                 final,
                 {k: last_log.get(k) for k in ("loss", *PARTS) if k in last_log},
             )
         env.barrier()
-        return final
 
     def _with_index_vectors(self, save, model: ImpRAG, passages: dict[str, str], step: int):
         """`save`, plus the cached warmup's passage vectors when they are still the model's index vectors
@@ -500,7 +543,7 @@ class _Trainer:
         over = torch.tensor([float(elapsed_s > 60 * self.cfg.max_minutes)], device=self.env.device)
         return bool(self.env.all_reduce_sum(over).item() > 0)
 
-    def _evaluate(self, dev, model, wrapped, step: int, plan: StagePlan | None) -> None:
+    def _evaluate(self, run: _Run, step: int, plan: StagePlan | None) -> None:
         from imprag.train.evaluate import dev_recall
 
         fsdp = self.cfg.distributed.strategy == "fsdp" and self.env.distributed
@@ -510,22 +553,21 @@ class _Trainer:
             if fsdp:
                 from imprag.train.fsdp import unsharded
 
-                ctx = unsharded(wrapped)
+                ctx = unsharded(run.wrapped)
             with ctx, autocast_context(self.env.device, self.cfg.precision):
                 vectors = None if self._retrieval_moved(step) else self.passage_vectors
-                result = dev_recall(model, dev, self.cfg.eval.k, passage_vectors=vectors)
+                result = dev_recall(run.model, run.dev, self.cfg.eval.k, passage_vectors=vectors)
         if self.env.is_main and result is not None:
             log.info("dev at step %d: %s", step, ", ".join(f"{k} {v:.3f}" for k, v in result.items()))
             stage = plan.config.name if plan is not None else "cached_warmup"
             self._append_metrics({"step": step, "stage": stage, "eval": result})
         self.env.barrier()
 
-    def _train_step(
-        self, step, plan: StagePlan, mixture: Mixture, wrapped, model, optimizer, scheduler
-    ) -> dict:
+    def _train_step(self, step: int, plan: StagePlan, run: _Run) -> dict:
         cfg, env = self.cfg, self.env
+        model, wrapped, optimizer = run.model, run.wrapped, run.optimizer
         stage = plan.config
-        slots = mixture.step_batch(plan, step)
+        slots = run.mixture.step_batch(plan, step)
         micros = micro_batches(slots, plan.grad_accum, env.world_size, env.rank)
         sums: dict[str, float] = {}
         local_tokens = 0.0
@@ -558,7 +600,7 @@ class _Trainer:
             grad_norm = float("nan")
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
-        scheduler.step()
+        run.scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         total_tokens = int(env.all_reduce_sum(torch.tensor(local_tokens, device=env.device)).item())
         row: dict[str, Any] = {"step": step + 1, "stage": stage.name}
