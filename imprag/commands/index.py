@@ -56,11 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="IVF lists probed at search time (stored; default ~sqrt(nlist), >= 16)",
     )
-    parser.add_argument(
-        "--device",
-        default="auto",
-        help=DEVICE_HELP,
-    )
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument(
         "--model-dtype",
         choices=("float32", "bfloat16", "float16"),
@@ -92,7 +88,6 @@ def parse_shard(spec: str | None) -> tuple[int, int, bool]:
 def _model_encoder(
     path: Path, device: str, model_dtype: str, max_length: int | None, passages: Path, out: Path
 ):
-
     from imprag.index.encoder import model_encoder
     from imprag.model.calibration import ensure_calibrated
     from imprag.model.imprag import ImpRAG

@@ -78,15 +78,17 @@ def _drop_gguf_quantizer(lm) -> None:
     quantizer.remove_quantization_config(lm)
 
 
-class ImpRAG:
+class ImpRAG(torch.nn.Module):
+    """The HF causal LM (`lm`, the one registered child: every parameter is the LM's) cut into layer groups."""
+
     def __init__(self, lm, tokenizer, config: ImpRAGConfig):
+        super().__init__()
         impl = lm.config._attn_implementation
         if impl not in ("sdpa", "eager"):
             lm.set_attn_implementation("sdpa")  # the layer loop passes 4-D masks, which flash kernels refuse
         self.lm = lm
         self.tokenizer = tokenizer
         self.spec: ArchSpec = spec_for(lm.config.model_type)
-        self.layers = get(lm, self.spec.layers)
         self.config = config.validate(len(self.layers))
         check_model_window(self)  # k * l_max plus a usable prompt must fit the window
         self.gradient_checkpointing = False
@@ -179,15 +181,24 @@ class ImpRAG:
             model.calibration = Calibration.load(path)
         return model
 
-    def save_pretrained(self, directory: str | Path) -> None:
+    def save_pretrained(
+        self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """The HF folder plus imprag.json and the calibration; `state_dict` replaces the LM's weights
+        (a gathered FSDP state, merged LoRA weights)."""
         directory = Path(directory)
-        self.lm.save_pretrained(directory)
+        self.lm.save_pretrained(directory, state_dict=state_dict)
         self.tokenizer.save_pretrained(directory)
         self.config.save(directory)
         if self.calibration is not None:
             self.calibration.save(directory)
 
     # ------------------------------------------------------------------ properties
+    @property
+    def layers(self) -> torch.nn.ModuleList:
+        """The LM's decoder layers (a property, not a second registration of the same modules)."""
+        return get(self.lm, self.spec.layers)
+
     @property
     def device(self) -> torch.device:
         return next(self.lm.parameters()).device
@@ -591,8 +602,6 @@ class ImpRAG:
             query_content,
         )
         return ImpRAGOutput(get(self.lm, self.spec.head)(hidden), qvec)
-
-    __call__ = forward
 
     # ------------------------------------------------------------------ inference API
     @torch.no_grad()

@@ -31,7 +31,7 @@ def full_state_dict(wrapped: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     sd = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {k.removeprefix("lm."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    return {k.removeprefix("imprag.lm."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
 
 def full_optimizer_state(wrapped: nn.Module, optimizer: torch.optim.Optimizer) -> dict:

@@ -124,6 +124,7 @@ class _Trainer:
         # {passage id: search vector} from the cached warmup, valid until a stage moves the retrieval path
         self.passage_vectors: dict[str, torch.Tensor] | None = None
         self._plans: list[StagePlan] = []
+        self.peft: Any = None  # the PeftModel wrapper of model.lm when LoRA is on (apply_lora)
 
     # ------------------------------------------------------------------ setup
     def _resume_point(self) -> Path | None:
@@ -176,7 +177,7 @@ class _Trainer:
             from imprag.train.lora import apply_lora
 
             torch.manual_seed(cfg.seed)  # identical adapter init on every process
-            apply_lora(model, cfg.lora)
+            self.peft = apply_lora(model, cfg.lora)
         model.gradient_checkpointing = cfg.gradient_checkpointing
         model.lm.train()
         return model
@@ -240,30 +241,23 @@ class _Trainer:
     # ------------------------------------------------------------------ saving
     def _save_model_fn(self, model: ImpRAG, wrapped: torch.nn.Module):
         """A function dir -> None writing the ImpRAG folder (call on every process: FSDP gathers)."""
-        from imprag.train.lora import has_lora, merged_state_dict
+        from imprag.train.lora import merged_state_dict
 
         state_dict = None
         if self.cfg.distributed.strategy == "fsdp" and self.env.distributed:
             from imprag.train.fsdp import full_state_dict
 
             state_dict = full_state_dict(wrapped)
-        elif has_lora(model) and self.env.is_main:
+        elif self.peft is not None and self.env.is_main:
             state_dict = merged_state_dict(model)
 
         def save(directory: Path) -> None:
-            if state_dict is None:
-                model.save_pretrained(directory)
-            else:
-                model.lm.save_pretrained(directory, state_dict=state_dict)
-                model.tokenizer.save_pretrained(directory)
-                model.config.save(directory)
-                if model.calibration is not None:
-                    model.calibration.save(directory)
+            model.save_pretrained(directory, state_dict=state_dict)
 
         return save
 
     def _save_checkpoint(self, step: int, run: _Run, info: dict[str, Any]) -> None:
-        from imprag.train.lora import adapter_state, has_lora
+        from imprag.train.lora import adapter_state
 
         model, wrapped, optimizer, scheduler = run.model, run.wrapped, run.optimizer, run.scheduler
         save_model = self._save_model_fn(model, wrapped)
@@ -277,8 +271,8 @@ class _Trainer:
                 "rng": rng,
                 "world_size": self.env.world_size,
             }
-            if has_lora(model):
-                state["adapters"] = adapter_state(model)
+            if self.peft is not None:
+                state["adapters"] = adapter_state(self.peft)
             ck.save_checkpoint(self.out, step, save_model, state, info, self.cfg.keep_checkpoints)
         self.env.barrier()
 
@@ -384,7 +378,7 @@ class _Trainer:
         if cfg.lora.enabled:
             from imprag.train.lora import load_adapter_state
 
-            load_adapter_state(model, state["adapters"])
+            load_adapter_state(self.peft, state["adapters"])
         self._load_optimizer_state(wrapped, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         rngs = state["rng"]
@@ -514,10 +508,8 @@ class _Trainer:
     def _with_index_vectors(self, save, model: ImpRAG, passages: dict[str, str], step: int):
         """`save`, plus the cached warmup's passage vectors when they are still the model's index vectors
         (no later stage moved the retrieval path): `imprag index` then skips those passages."""
-        from imprag.train.lora import has_lora
-
         sharded = self.cfg.distributed.strategy == "fsdp" and self.env.distributed
-        if self.passage_vectors is None or self._retrieval_moved(step) or sharded or has_lora(model):
+        if self.passage_vectors is None or self._retrieval_moved(step) or sharded or self.peft is not None:
             return save
         from imprag.index.stored_vectors import save_passage_vectors
 

@@ -1,11 +1,13 @@
 """LoRA through peft, applied *after* ImpRAG is built: peft injects its adapter layers into the HF model in
 place, so `ImpRAG.lm`, its layer list and the q/k projections the retrieval vectors read stay the same
-objects (the projections now add their low-rank update). Saving merges W + scale * B A into plain
+objects (the projections now add their low-rank update). The trainer keeps the PeftModel wrapper that
+`apply_lora` returns: peft's adapter state-dict helpers need it. Saving merges W + scale * B A into plain
 weights, so a checkpoint is a normal HF folder."""
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -13,12 +15,15 @@ from imprag.errors import UserError
 from imprag.model.imprag import ImpRAG
 from imprag.train.config import LoRAConfig
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+
 log = logging.getLogger(__name__)
 
 ADAPTER = "default"
 
 
-def apply_lora(model: ImpRAG, cfg: LoRAConfig) -> None:
+def apply_lora(model: ImpRAG, cfg: LoRAConfig) -> PeftModel:
     """Freeze the backbone and add LoRA adapters to the named projections of `model.lm` (in place)."""
     from peft import LoraConfig, get_peft_model
 
@@ -42,38 +47,42 @@ def apply_lora(model: ImpRAG, cfg: LoRAConfig) -> None:
         ),
     )
     lm: torch.nn.Module = model.lm
-    # get_peft_model wrapped the very module ImpRAG holds; keep the wrapper alive beside it
-    if peft_model.base_model.model is not lm:
+    if peft_model.base_model.model is not lm:  # it must wrap the very module ImpRAG holds
         raise RuntimeError("peft replaced the model object; ImpRAG would lose its layers")
-    object.__setattr__(model, "_peft", peft_model)
     n_train = sum(p.numel() for p in lm.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in lm.parameters())
     log.info("LoRA r=%d on %s: %d of %d parameters train", cfg.r, ",".join(targets), n_train, n_all)
+    return peft_model
 
 
-def has_lora(model: ImpRAG) -> bool:
-    return getattr(model, "_peft", None) is not None
+def adapter_state(peft_model: PeftModel) -> dict[str, torch.Tensor]:
+    """The adapter tensors (peft's own selection and names), on CPU, for the trainer state."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
 
 
-def adapter_state(model: ImpRAG) -> dict[str, torch.Tensor]:
-    """The trainable (adapter) tensors, for the trainer state."""
-    return {n: p.detach().cpu().clone() for n, p in model.lm.named_parameters() if p.requires_grad}
+def load_adapter_state(peft_model: PeftModel, state: dict[str, torch.Tensor]) -> None:
+    from peft import set_peft_model_state_dict
 
-
-def load_adapter_state(model: ImpRAG, state: dict[str, torch.Tensor]) -> None:
-    params = dict(model.lm.named_parameters())
-    missing = [n for n in state if n not in params]
-    if missing:
+    fix = "check --lora.* settings against the checkpoint's train_config.json"
+    try:
+        result: Any = set_peft_model_state_dict(peft_model, state)  # missing_keys, unexpected_keys
+    except RuntimeError as e:  # a size mismatch: another r
         raise UserError(
-            f"checkpoint adapters do not fit this model (e.g. {missing[0]}); check --lora.* settings"
-        )
-    with torch.no_grad():
-        for n, t in state.items():
-            params[n].copy_(t)
+            f"checkpoint adapters do not fit this model ({str(e).splitlines()[0]}); {fix}"
+        ) from None
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing:
+        example = (result.unexpected_keys or missing)[0]
+        raise UserError(f"checkpoint adapters do not fit this model (e.g. {example}); {fix}")
 
 
 def merged_state_dict(model: ImpRAG) -> dict[str, torch.Tensor]:
-    """The HF state dict with every LoRA update merged into its base weight (original key names)."""
+    """The HF state dict with every LoRA update merged into its base weight (original key names).
+
+    A merged copy: peft's merge_adapter / unmerge_adapter would add and subtract the update in place,
+    which does not give the trained weights back to the last bit."""
     from peft.tuners.lora import LoraLayer
 
     deltas: dict[str, torch.Tensor] = {}

@@ -27,14 +27,11 @@ from imprag.train.losses import distillation_kl, multi_label_nce, response_mean_
 
 
 class TrainObjective(nn.Module):
-    imprag: ImpRAG  # a plain attribute (set with object.__setattr__), not a registered submodule
-
     def __init__(
         self, model: ImpRAG, config: TrainConfig, collator: Collator, passages: dict[str, str], env: DistEnv
     ):
         super().__init__()
-        self.lm = model.lm  # registered child: the parameters DDP / FSDP see
-        object.__setattr__(self, "imprag", model)  # not a submodule (ImpRAG is a plain object)
+        self.imprag = model  # registered child: its LM's parameters are what DDP / FSDP see
         self.cfg = config
         self.collator = collator
         self.passages = passages
