@@ -146,6 +146,31 @@ def test_collated_labels_are_the_response_tokens_only(setup):
     assert plain == [IGNORE] * (len(plain) - len(text)) + text  # only the BOS is not a target
 
 
+def test_training_cuts_a_long_prompt_as_inference_does(setup):
+    root, corpus, model_path = setup
+    m = ImpRAG.from_pretrained(model_path)
+    tok = m.tokenizer
+    prompt = "Q: " + " ".join(f"word{i}" for i in range(40)) + " where? A:"
+    ids = tok(prompt)["input_ids"]
+    limit = len(ids) - 7
+    c = Collator(tok, limit, 16, 32)
+    (cut,) = c.prompt_ids([prompt])
+    assert cut == m._truncate_prompt(ids, limit)
+    assert len(cut) == limit and cut[-5:] == ids[-5:]  # the end (the query's last token) is kept
+    if tok.bos_token_id is not None and ids[0] == tok.bos_token_id:
+        assert cut[0] == ids[0] and cut[1:] == ids[len(ids) - limit + 1 :]
+    else:
+        assert cut == ids[len(ids) - limit :]
+    # the prompt-only rows are the same cut, right-padded with the model's pad id
+    short = "Q: where? A:"
+    rows, mask, _ = c.prompts([prompt, short])
+    assert rows[0].tolist() == cut and int(mask[1].sum()) == len(tok(short)["input_ids"])
+    n = int(mask[1].sum())
+    assert rows[1, n:].tolist() == [c.pad_id] * (limit - n)
+    left, left_mask = m._pad([[5, 6], [7]], "left")
+    assert left.tolist() == [[5, 6], [c.pad_id, 7]] and left_mask.tolist() == [[1, 1], [0, 1]]
+
+
 def test_lora_merge_keeps_retrieval_and_reader_outputs(setup, tmp_path):
     from imprag.train.config import LoRAConfig
     from imprag.train.lora import apply_lora, merged_state_dict

@@ -25,6 +25,7 @@ from imprag.model.calibration import Calibration, calibration_prompts, content_f
 from imprag.model.config import PAPER_RETRIEVAL, ImpRAGConfig
 from imprag.model.layer_groups import LayerKV, attention_mask_4d, last_token_index, positions_from_mask
 from imprag.model.passage_cache import KV, PassageKVCache, weights_version
+from imprag.model.tokens import kept_positions, pad, pad_token_id
 from imprag.model.weights import check_loading_info, check_weights, load_causal_lm, load_error
 from imprag.model.window import check_model_window, context_window, prompt_budget
 
@@ -281,14 +282,7 @@ class ImpRAG(torch.nn.Module):
             len(ids),
             limit,
         )
-        return [ids[i] for i in self._kept_positions(ids, limit)]
-
-    def _kept_positions(self, ids: list[int], limit: int) -> list[int]:
-        if len(ids) <= limit:
-            return list(range(len(ids)))
-        bos = self.tokenizer.bos_token_id
-        head = [0] if bos is not None and ids[0] == bos else []
-        return head + list(range(len(ids) - (limit - len(head)), len(ids)))
+        return [ids[i] for i in kept_positions(ids, limit, self.tokenizer.bos_token_id)]
 
     def encode_queries(
         self, prompts: list[str], max_new_tokens: int = 0
@@ -301,23 +295,14 @@ class ImpRAG(torch.nn.Module):
         ids, mask = self._pad([self._truncate_prompt(r, limit) for r in rows], "left")
         if flags is None or any(len(f) != len(r) for f, r in zip(flags, rows)):
             return ids, mask, None
-        kept = [self._kept_positions(r, limit) for r in rows]  # the same cut for the flags
+        kept = [
+            kept_positions(r, limit, self.tokenizer.bos_token_id) for r in rows
+        ]  # the same cut for the flags
         content, _ = self._pad([[int(f[i]) for i in k] for f, k in zip(flags, kept)], "left")
         return ids, mask, content.bool() & mask.bool()
 
     def _pad(self, seqs: list[list[int]], side: str) -> tuple[torch.Tensor, torch.Tensor]:
-        pad_id = self.tokenizer.pad_token_id
-        if pad_id is None:
-            pad_id = self.tokenizer.eos_token_id or 0
-        width = max(1, max((len(s) for s in seqs), default=1))
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            if not s:
-                continue
-            sl = slice(width - len(s), width) if side == "left" else slice(0, len(s))
-            ids[i, sl] = torch.tensor(s, dtype=torch.long)
-            mask[i, sl] = 1
+        ids, mask = pad(seqs, pad_token_id(self.tokenizer), side)
         return ids.to(self.device), mask.to(self.device)
 
     def prompt_window(self, with_passages: bool, max_new_tokens: int = 0) -> int:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from imprag.model.tokens import kept_positions, pad, pad_token_id
 from imprag.train.losses import IGNORE
 
 
@@ -33,8 +34,7 @@ class Collator:
         self.max_prompt = max_prompt_tokens
         self.max_response = max_response_tokens
         self.max_text = max_text_tokens
-        pad = tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
+        self.pad_id = pad_token_id(tokenizer)
         self.eos_id = tokenizer.eos_token_id
         self.prefix = list(tokenizer("", add_special_tokens=True)["input_ids"])  # the tokenizer's BOS policy
 
@@ -51,10 +51,7 @@ class Collator:
         cut_flags: list[list[bool]] = []
         for n, ids in enumerate(self._ids(prompts, True)):
             ids = list(ids) or list(self.prefix) or [self.pad_id]
-            keep = list(range(len(ids)))
-            if len(ids) > self.max_prompt:
-                head = [0] if self.prefix else []
-                keep = head + keep[len(ids) - (self.max_prompt - len(head)) :]
+            keep = kept_positions(ids, self.max_prompt, self.tok.bos_token_id)
             out.append([ids[i] for i in keep])
             if flags is not None:
                 f = flags[n]
@@ -109,34 +106,17 @@ class Collator:
             else:
                 r_ids.append(qa_rows[qi])
                 qi += 1
-        rows = [p + r for p, r in zip(p_ids, r_ids)]
-        width = max(len(r) for r in rows)
-        B = len(rows)
-        ids = torch.full((B, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((B, width), dtype=torch.long)
-        labels = torch.full((B, width), IGNORE, dtype=torch.long)
-        qidx = torch.zeros(B, dtype=torch.long)
-        content = torch.zeros((B, width), dtype=torch.bool)
-        for i, (p, r) in enumerate(zip(p_ids, r_ids)):
-            n = len(p) + len(r)
-            ids[i, :n] = torch.tensor(p + r)
-            mask[i, :n] = 1
-            labels[i, len(p) : n] = torch.tensor(r, dtype=torch.long)
-            qidx[i] = max(len(p) - 1, 0)
-            if qa_flags is not None:
-                content[i, : len(p)] = torch.tensor(p_flags[i], dtype=torch.bool)
-        return SeqBatch(ids, mask, labels, qidx, content if qa_flags is not None else None)
+        ids, mask = pad([p + r for p, r in zip(p_ids, r_ids)], self.pad_id)
+        labels, _ = pad([[IGNORE] * len(p) + r for p, r in zip(p_ids, r_ids)], IGNORE)
+        qidx = torch.tensor([max(len(p) - 1, 0) for p in p_ids], dtype=torch.long)
+        content = None
+        if qa_flags is not None:  # (B, T): the prompt's content tokens, none of the response
+            content = pad([[int(x) for x in f] + [0] * len(r) for f, r in zip(p_flags, r_ids)], 0)[0].bool()
+        return SeqBatch(ids, mask, labels, qidx, content)
 
     def prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Prompt-only rows (B, T) right-padded, for query vectors, and their content tokens (B, T)."""
         rows, flags = self._prompt_rows(prompts)
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        content = torch.zeros((len(rows), width), dtype=torch.bool)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
-            if flags is not None:
-                content[i, : len(r)] = torch.tensor(flags[i], dtype=torch.bool)
-        return ids, mask, content if flags is not None else None
+        ids, mask = pad(rows, self.pad_id)
+        content = pad([[int(x) for x in f] for f in flags], 0)[0].bool() if flags is not None else None
+        return ids, mask, content
