@@ -7,6 +7,7 @@ import importlib
 import logging
 import sys
 
+from imprag.command_config import add_config_options, apply_config_file, resolved_options
 from imprag.errors import UserError
 
 # name -> (module under imprag.commands, one-line help)
@@ -61,8 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"imprag {name}", description=COMMANDS[name][1])
     parser.error = _one_line_error(parser.prog)  # type: ignore[method-assign]
     module.add_arguments(parser)
-    args = parser.parse_args(rest)
+    own_config = "--config" not in parser._option_string_actions  # train has its nested config's own
+    if own_config:
+        add_config_options(parser)
     try:
+        if own_config:
+            apply_config_file(parser, rest)
+        args = parser.parse_args(rest)
+        if own_config and args.print_config:
+            print(resolved_options(parser, args), end="")
+            return 0
         return int(module.run(args) or 0)
     except UserError as e:
         print(f"imprag {name}: error: {e}", file=sys.stderr)

@@ -12,6 +12,7 @@ imprag/serve/prompting.py.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -149,23 +150,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
-    api_key = args.api_key if args.api_key is not None else os.environ.get("IMPRAG_API_KEY") or None
-    return ServeConfig(
-        model_name=args.model_name or Path(args.model).resolve().name,
-        api_key=api_key,
-        k=args.k,
-        max_batch_size=args.max_batch_size,
-        max_wait_ms=args.max_wait_ms,
-        max_concurrent=args.max_concurrent,
-        max_prompt_tokens=args.max_prompt_tokens,
-        max_tokens_cap=args.max_tokens_cap,
-        max_body_bytes=args.max_body_bytes,
-        max_prompts=args.max_prompts,
-        completion_max_tokens=args.completion_max_tokens,
-        chat_max_tokens=args.chat_max_tokens,
-        chat_template=args.chat_template,
-        seed=args.seed,
-    ).validate()
+    """Each ServeConfig field is the flag of the same name."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)}
+    values["model_name"] = args.model_name or Path(args.model).resolve().name
+    if args.api_key is None:
+        values["api_key"] = os.environ.get("IMPRAG_API_KEY") or None
+    return ServeConfig(**values).validate()
 
 
 def run(args: argparse.Namespace) -> int:
