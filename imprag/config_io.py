@@ -1,7 +1,8 @@
 """Dataclass configs <-> YAML files <-> command-line flags, with errors that name the key, file and line.
 
 One typed dataclass tree is the single source of truth: a YAML file fills it, every field is also a
-`--dotted.flag` (nested dataclasses by their field path, list items by index: `--stages.1.steps 200`),
+`--dotted.flag` (nested dataclasses by their field path, list items by index or name: `--stages.1.steps 200`,
+`--stages.distill.steps 200`),
 and `dump_yaml` prints the resolved config (`--print-config`). Supported field types: str, int, float,
 bool, `X | None`, `Literal[...]`, list[X], dict[str, X] and nested dataclasses (also inside lists).
 
@@ -16,7 +17,7 @@ import argparse
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
@@ -27,10 +28,7 @@ from imprag.errors import UserError
 T = TypeVar("T")
 
 FLAG_DEST_PREFIX = "cfg__"
-MAX_LIST_FLAGS = 8  # list-of-dataclass fields get indexed flags --name.0.x ... --name.7.x
 _NONE_WORDS = {"none", "null", "~"}
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", default_factory: Any = dataclasses.MISSING):
@@ -75,139 +73,60 @@ def _type_name(tp: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------- dict -> dataclass
-class _Where:
-    """How an error names a value: `file:line: key 'a.b'` or `flag --a.b`."""
+def _pydantic_config(cls: type) -> None:
+    """Let pydantic refuse unknown keys (and read numbers as text) in `cls` and every dataclass inside it."""
+    from pydantic import ConfigDict
 
-    def __init__(self, source: str, lines: Mapping[str, int] | None = None, flags: bool = False):
-        self.source, self.lines, self.flags = source, dict(lines or {}), flags
+    if "__pydantic_config__" in vars(cls):
+        return
+    cls.__pydantic_config__ = ConfigDict(extra="forbid", coerce_numbers_to_str=True)  # type: ignore[attr-defined]
+    todo = list(_hints(cls).values())
+    while todo:
+        tp = todo.pop()
+        todo += typing.get_args(tp)
+        if dataclasses.is_dataclass(tp):
+            _pydantic_config(tp)  # type: ignore[arg-type]
 
-    def __call__(self, key: str) -> str:
-        if self.flags:
-            return f"--{key}"
-        line = self.lines.get(key)
-        return f"{self.source}:{line}: key '{key}'" if line else f"{self.source}: key '{key}'"
 
-
-def _coerce(value: Any, tp: Any, key: str, where: _Where, partial: bool = False) -> Any:
-    inner, optional = _strip_optional(tp)
-    if value is None or (isinstance(value, str) and where.flags and value.strip().lower() in _NONE_WORDS):
-        if optional:
+def _type_at(cls: type, loc: tuple) -> Any:
+    """The declared type at a path of field names, list indexes and mapping keys (None off the tree)."""
+    tp: Any = cls
+    for part in loc:
+        tp, _ = _strip_optional(tp)
+        if dataclasses.is_dataclass(tp):
+            tp = _hints(tp).get(str(part))  # type: ignore[arg-type]
+        elif typing.get_origin(tp) in (list, dict):
+            tp = typing.get_args(tp)[-1]
+        else:
             return None
-        raise UserError(f"{where(key)}: expected {_type_name(tp)}, got null")
-    tp = inner
-    origin = typing.get_origin(tp)
-
-    def bad() -> UserError:
-        return UserError(f"{where(key)}: expected {_type_name(tp)}, got {value!r}")
-
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise bad()
-        return _from_mapping(tp, value, key, where, partial)  # type: ignore[arg-type]
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise UserError(
-                f"{where(key)}: {value!r} is not a choice; choose one of: {', '.join(map(str, choices))}"
-            )
-        return value
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if isinstance(value, str) and where.flags:  # a comma-separated flag value
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list | tuple):
-            raise bad()
-        return [_coerce(v, item, f"{key}.{i}", where, partial) for i, v in enumerate(value)]
-    if origin is dict:
-        _, item = typing.get_args(tp)
-        if not isinstance(value, Mapping):
-            raise bad()
-        return {str(k): _coerce(v, item, f"{key}.{k}", where, partial) for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise bad()
-    if tp is int:
-        if isinstance(value, bool):
-            raise bad()
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                try:
-                    f = float(value)
-                except ValueError:
-                    raise bad() from None
-                if f.is_integer():
-                    return int(f)
-        raise bad()
-    if tp is float:
-        if isinstance(value, bool):
-            raise bad()
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise bad() from None
-        raise bad()
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        raise bad()
-    if tp is Any:
-        return value
-    raise TypeError(f"config_io: unsupported field type {tp!r} for {key}")
+    return tp
 
 
-def _from_mapping(
-    cls: type[T], data: Mapping[str, Any], prefix: str, where: _Where, partial: bool = False
-) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
-    hints = _hints(cls)
-    kwargs: dict[str, Any] = {}
-    for raw_key, value in data.items():
-        name = str(raw_key).replace("-", "_")
-        key = f"{prefix}.{raw_key}" if prefix else str(raw_key)
-        if name not in fields:
-            known = ", ".join(fields)
-            raise UserError(
-                f"{where(key)}: unknown key; known keys{' under ' + prefix if prefix else ''}: {known}"
-            )
-        kwargs[name] = _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name, where, partial)
-    if partial:
-        return kwargs
-    for name, f in fields.items():
-        if (
-            name not in kwargs
-            and f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING
-        ):
-            key = f"{prefix}.{name}" if prefix else name
-            raise UserError(
-                f"{where(key)}: required but missing ({f.metadata.get('help', '')})".rstrip(" ()")
-            )
-    return cls(**kwargs)
+def _build(cls: type[T], data: Mapping[str, Any], name: Callable[[str], str]) -> T:
+    """pydantic builds and type-checks `cls` from plain data; its first error becomes one UserError line
+    that names the key through `name` (a file line or a flag)."""
+    from pydantic import TypeAdapter, ValidationError
 
-
-def from_dict(
-    cls: type[T], data: Mapping[str, Any], source: str = "config", lines: Mapping[str, int] | None = None
-) -> T:
-    """Build `cls` from a (nested) mapping; unknown or mistyped keys -> UserError naming source and key."""
-    if not isinstance(data, Mapping):
-        raise UserError(
-            f"{source}: expected a mapping of settings at the top level, got {type(data).__name__}"
-        )
-    return _from_mapping(cls, data, "", _Where(source, lines))
+    _pydantic_config(cls)
+    try:
+        return TypeAdapter(cls).validate_python(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc, value = tuple(err["loc"]), err["input"]
+        if err["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+            under = ".".join(map(str, loc[:-1]))
+            known = ", ".join(f.name for f in dataclasses.fields(_strip_optional(_type_at(cls, loc[:-1]))[0]))
+            problem = f"unknown key; known keys{' under ' + under if under else ''}: {known}"
+        elif err["type"].startswith("missing"):
+            problem = "required but missing"
+        else:
+            tp = _type_at(cls, loc)
+            choices = typing.get_args(_strip_optional(tp)[0])
+            if typing.get_origin(_strip_optional(tp)[0]) is Literal and value is not None:
+                problem = f"{value!r} is not a choice; choose one of: {', '.join(map(str, choices))}"
+            else:
+                problem = f"expected {_type_name(tp)}, got {'null' if value is None else repr(value)}"
+        raise UserError(f"{name('.'.join(map(str, loc)))}: {problem}") from None
 
 
 def to_dict(obj: Any) -> Any:
@@ -263,37 +182,30 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
 
 
 # ---------------------------------------------------------------------------------------- flags
-def _flag_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, str, bool]]:
-    """(dotted name, type, help, shown in --help) for every field reachable through dataclasses."""
-    out: list[tuple[str, Any, str, bool]] = []
+def _flag_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted name, type, help) for every field reachable through nested dataclasses."""
+    out: list[tuple[str, Any, str]] = []
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
-        name = f"{prefix}{f.name}"
         tp, _ = _strip_optional(hints[f.name])
-        help_text = f.metadata.get("help", "")
         if dataclasses.is_dataclass(tp):
-            out += _flag_fields(tp, name + ".")  # type: ignore[arg-type]
-            continue
-        out.append((name, hints[f.name], help_text, True))
-        if typing.get_origin(tp) is list:
-            (item,) = typing.get_args(tp)
-            item, _ = _strip_optional(item)
-            if dataclasses.is_dataclass(item):
-                for i in range(MAX_LIST_FLAGS):
-                    out += [(n, t, h, False) for n, t, h, _ in _flag_fields(item, f"{name}.{i}.")]  # type: ignore[arg-type]
-                out.append(
-                    (
-                        f"{name}.N.FIELD",
-                        None,
-                        f"one field of item N (0..{MAX_LIST_FLAGS - 1}) of {name}",
-                        True,
-                    )
-                )
+            out += _flag_fields(tp, f"{prefix}{f.name}.")  # type: ignore[arg-type]
+        else:
+            out.append((f"{prefix}{f.name}", hints[f.name], f.metadata.get("help", "")))
     return out
 
 
+def _is_item_list(tp: Any) -> bool:
+    """A list of dataclasses (train's stages): its items' fields are flags by index or by name."""
+    tp, _ = _strip_optional(tp)
+    return typing.get_origin(tp) is list and dataclasses.is_dataclass(
+        _strip_optional(typing.get_args(tp)[0])[0]
+    )
+
+
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str = "config fields") -> None:
-    """Register `--dotted.name VALUE` for every field of `cls` (values parsed later by `flag_overrides`).
+    """Register `--dotted.name VALUE` for every field of `cls` (values parsed later by `flag_overrides`),
+    and `--list.N.field` / `--list.NAME.field` for one field of one item of a list of dataclasses.
 
     Also makes the parser's own errors (an unknown flag) one line, like every other input error."""
     prog = parser.prog
@@ -310,12 +222,14 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str = "c
         raise SystemExit(2)
 
     parser.error = one_line_error  # type: ignore[method-assign]
-    group = parser.add_argument_group(title, "every config-file key is also a flag; values are YAML scalars")
-    for name, tp, help_text, shown in _flag_fields(cls):
-        if tp is None:  # documentation line for indexed list flags
-            group.add_argument(f"--{name}", dest=FLAG_DEST_PREFIX + "_doc_" + name, help=help_text,
-                               default=argparse.SUPPRESS, metavar="VALUE")  # fmt: skip
-            continue
+    fields = _flag_fields(cls)
+    lists = [name for name, tp, _ in fields if _is_item_list(tp)]
+    group = parser.add_argument_group(
+        title,
+        "every config-file key is also a flag; values are YAML scalars"
+        + "".join(f"; one item of {n}: --{n}.INDEX.FIELD or --{n}.NAME.FIELD" for n in lists),
+    )
+    for name, tp, help_text in fields:
         spellings = [f"--{name}"]
         if "_" in name:
             spellings.append(f"--{name.replace('_', '-')}")
@@ -328,22 +242,32 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str = "c
             dest=FLAG_DEST_PREFIX + name,
             default=argparse.SUPPRESS,
             metavar="VALUE",
-            help=(f"{help_text} ({kind})" if help_text else kind) if shown else argparse.SUPPRESS,
+            help=f"{help_text} ({kind})" if help_text else kind,
             **extra,
         )
+    if not lists:
+        return
+    parse_known_args = parser.parse_known_args
+
+    def parse_args(args=None, namespace=None):
+        """argparse, then the item flags it cannot know (item names come from the config file)."""
+        ns, rest = parse_known_args(args, namespace)
+        while rest:
+            flag, _, value = rest.pop(0).partition("=")
+            if not any(flag.replace("-", "_").startswith(f"__{n}.") for n in lists):
+                parser.error(f"unrecognized arguments: {flag}")
+            if not value:  # a bool item field alone means true
+                value = rest.pop(0) if rest and not rest[0].startswith("--") else "true"
+            setattr(ns, FLAG_DEST_PREFIX + flag[2:], value)
+        return ns
+
+    parser.parse_args = parse_args  # type: ignore[method-assign,assignment]
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, str]:
     """The config flags actually given on the command line: dotted name -> raw string."""
-    out = {}
-    for dest, value in vars(args).items():
-        if dest.startswith(FLAG_DEST_PREFIX + "_doc_"):
-            raise UserError(
-                f"--{dest[len(FLAG_DEST_PREFIX) + 5 :]} is a placeholder: put the item index and field name in it"
-            )
-        if dest.startswith(FLAG_DEST_PREFIX):
-            out[dest[len(FLAG_DEST_PREFIX) :]] = value
-    return out
+    n = len(FLAG_DEST_PREFIX)
+    return {dest[n:]: value for dest, value in vars(args).items() if dest.startswith(FLAG_DEST_PREFIX)}
 
 
 def _set_dotted(data: dict[str, Any], cls: type, dotted: str, raw: str) -> None:
@@ -367,9 +291,13 @@ def _set_dotted(data: dict[str, Any], cls: type, dotted: str, raw: str) -> None:
                 node[name] = _default_value(tp, name, field_tp)  # start from the field's default
             node, tp = node[name], field_tp
         elif typing.get_origin(tp) is list:
-            if not part.isdigit():
-                raise UserError(f"--{dotted}: {part!r} must be a list index")
-            idx = int(part)
+            names = [item.get("name") if isinstance(item, dict) else None for item in node]
+            if not part.isdigit() and part not in names:
+                raise UserError(
+                    f"--{dotted}: {'.'.join(parts[:i])} has no item named {part!r} "
+                    f"(names: {', '.join(map(str, names))}; or give the item's index)"
+                )
+            idx = int(part) if part.isdigit() else names.index(part)
             (item_tp,) = typing.get_args(tp)
             if idx > len(node):
                 raise UserError(
@@ -445,7 +373,7 @@ def load_config(
 ) -> T:
     """YAML file (optional) + dotted flag overrides (raw strings) -> a `cls` instance.
 
-    Errors name the file and line for file keys, and the flag for overrides."""
+    Errors name the flag for a value a flag set, else the file and line."""
     data: dict[str, Any] = dict(base or {})
     lines: dict[str, int] = {}
     source = "config"
@@ -453,51 +381,15 @@ def load_config(
         file_data, lines = read_yaml(path)
         data.update(file_data)
         source = str(path)
-    # check the file alone first (keys and types; required keys may come from flags), so a bad key is
-    # reported against the file and its line
-    _from_mapping(cls, data, "", _Where(source, lines), partial=True)
-    if not overrides:
-        return from_dict(cls, data, source, lines)
-    for dotted, raw in overrides.items():
+    for dotted, raw in (overrides or {}).items():
         _set_dotted(data, cls, dotted, raw)
-    try:
-        return from_dict(cls, data, source, lines)
-    except UserError:
-        # re-run to name the flag rather than the file when an override broke it
-        for dotted, raw in overrides.items():
-            probe: dict[str, Any] = {}
-            _set_dotted(probe, cls, dotted, raw)
-            _check_flag(cls, dotted, probe)
-        raise
+    flags = [d.replace("-", "_") for d in overrides or {}]
 
+    def name(key: str) -> str:
+        flag = next((d for d in flags if key == d or key.startswith(d + ".")), None)
+        if flag is not None:
+            return f"--{flag}"
+        line = lines.get(key)
+        return f"{source}:{line}: key '{key}'" if line else f"{source}: key '{key}'"
 
-def _check_flag(cls: type, dotted: str, probe: dict[str, Any]) -> None:
-    """Coerce just the value one flag set, so its error names the flag."""
-    node: Any = probe
-    tp: Any = cls
-    for part in dotted.split("."):
-        tp, _ = _strip_optional(tp)
-        if dataclasses.is_dataclass(tp):
-            tp = _hints(tp)[part.replace("-", "_")]  # type: ignore[arg-type]
-            node = node[part.replace("-", "_")]
-        else:
-            (tp,) = typing.get_args(tp)
-            node = node[int(part)]
-    _coerce_flag(node, tp, dotted)
-
-
-def _coerce_flag(value: Any, tp: Any, dotted: str) -> None:
-    inner, _ = _strip_optional(tp)
-    if dataclasses.is_dataclass(inner) and isinstance(value, Mapping):
-        hints = _hints(inner)  # type: ignore[arg-type]
-        for k, v in value.items():
-            if k in hints and v != {}:
-                _coerce_flag(v, hints[k], f"{dotted}.{k}")
-        return
-    if typing.get_origin(inner) is list and isinstance(value, list):
-        (item,) = typing.get_args(inner)
-        for i, v in enumerate(value):
-            if v != {}:
-                _coerce_flag(v, item, f"{dotted}.{i}")
-        return
-    _coerce(value, tp, dotted, _Where("command line", flags=True))
+    return _build(cls, data, name)

@@ -116,6 +116,41 @@ def test_train_cli_print_config_and_unknown_flag(tmp_path, capsys):
     )
 
 
+def test_train_stages_by_name_or_index(tmp_path, capsys):
+    f = tmp_path / "train.yaml"
+    f.write_text(
+        "model:\n  path: m\nstages:\n  - {name: w, objective: nce, steps: 3}\n  - {name: d, objective: lm, steps: 4}\n"
+    )
+    argv = [
+        "train",
+        "--config",
+        str(f),
+        "--stages.d.steps",
+        "9",
+        "--stages.w.freeze_retrieval",
+        "--stages.0.lm-weight=0.5",
+    ]
+    assert main([*argv, "--print-config"]) == 0
+    stages = yaml.safe_load(capsys.readouterr().out)["stages"]
+    assert [(s["name"], s["steps"], s["lm_weight"], s["freeze_retrieval"]) for s in stages] == [
+        ("w", 3, 0.5, True),
+        ("d", 9, 0.0, False),
+    ]
+    # without a file the default recipe's names address its stages
+    assert main(["train", "--stages.distill.epochs", "2", "--print-config"]) == 0
+    stages = yaml.safe_load(capsys.readouterr().out)["stages"]
+    assert [(s["name"], s["epochs"]) for s in stages] == [("warmup", 3), ("distill", 2)]
+    assert main(["train", "--config", str(f), "--stages.distill.steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == "imprag train: error: --stages.distill.steps: stages has no item named 'distill' (names: w, d; or give the item's index)"
+    )
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--config", str(f), "--stagez.0.steps", "1"])
+    assert e.value.code == 2 and "unrecognized arguments: --stagez.0.steps" in capsys.readouterr().err
+
+
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 
