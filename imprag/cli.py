@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-from imprag.command_config import add_config_options, apply_config_file, resolved_options
+from imprag.config_io import add_config_flags, dump_yaml, flag_overrides, load_config
 from imprag.errors import UserError
 
 # name -> (module under imprag.commands, one-line help)
@@ -60,19 +60,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(f"imprag.commands.{COMMANDS[name][0]}")
     parser = argparse.ArgumentParser(prog=f"imprag {name}", description=COMMANDS[name][1])
+    parser.add_argument(
+        "--config", metavar="FILE.yaml", help="YAML file of these options (as --print-config prints them)"
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved options as YAML and exit"
+    )
+    add_config_flags(parser, module.Options)  # the command's typed Options are its flags
     parser.error = _one_line_error(parser.prog)  # type: ignore[method-assign]
-    module.add_arguments(parser)
-    own_config = "--config" not in parser._option_string_actions  # train has its nested config's own
-    if own_config:
-        add_config_options(parser)
     try:
-        if own_config:
-            apply_config_file(parser, rest)
         args = parser.parse_args(rest)
-        if own_config and args.print_config:
-            print(resolved_options(parser, args), end="")
+        options = load_config(module.Options, args.config, flag_overrides(args))
+        if args.print_config:
+            print(dump_yaml(options), end="")
             return 0
-        return int(module.run(args) or 0)
+        return int(module.run(options) or 0)
     except UserError as e:
         print(f"imprag {name}: error: {e}", file=sys.stderr)
         return 2

@@ -1,14 +1,14 @@
-"""Dataclass configs <-> YAML files <-> command-line flags, with errors that name the key, file and line.
+"""Typed configs <-> YAML files <-> command-line flags, with errors that name the file and line or the flag.
 
-One typed dataclass tree is the single source of truth: a YAML file fills it, every field is also a
-`--dotted.flag` (nested dataclasses by their field path, list items by index or name: `--stages.1.steps 200`,
-`--stages.distill.steps 200`),
-and `dump_yaml` prints the resolved config (`--print-config`). Supported field types: str, int, float,
-bool, `X | None`, `Literal[...]`, list[X], dict[str, X] and nested dataclasses (also inside lists).
+Each command's options are one dataclass tree (its `Options`; train's is TrainConfig): every field is a
+flag (`--max-batch-size`, nested dataclasses by their path: `--optim.lr`, list items by index or name:
+`--stages.1.steps 200`, `--stages.distill.steps 200`), a `--config` YAML file fills the same fields
+(flags win), and `dump_yaml` prints the resolved tree (`--print-config`). pydantic checks the types;
+this module maps its first error to one line naming the file line or the flag.
 
     cfg = load_config(TrainConfig, "train.yaml", {"optim.lr": "3e-4"})
 
-Help text comes from `field(metadata={"help": ...})` (see `option`).
+Help text and flag details come from `option(...)` fields.
 """
 
 from __future__ import annotations
@@ -31,11 +31,23 @@ FLAG_DEST_PREFIX = "cfg__"
 _NONE_WORDS = {"none", "null", "~"}
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", default_factory: Any = dataclasses.MISSING):
-    """A dataclass field with help text for the generated `--flag`."""
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    default_factory: Any = dataclasses.MISSING,
+    *,
+    flags: tuple[str, ...] = (),
+    positional: bool = False,
+    repeat: bool = False,
+    metavar: str | None = None,
+):
+    """A dataclass field with help text for its generated `--flag`: `flags` adds spellings (`-k`),
+    `positional` makes it a positional argument (a list: one or more), `repeat` makes a list flag
+    repeatable (`--stop A --stop B`) instead of comma-separated."""
+    meta = {"help": help, "flags": flags, "positional": positional, "repeat": repeat, "metavar": metavar}
     if default_factory is not dataclasses.MISSING:
-        return dataclasses.field(default_factory=default_factory, metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 # ---------------------------------------------------------------------------------------- type helpers
@@ -62,13 +74,14 @@ def _type_name(tp: Any) -> str:
     if origin is Literal:
         name = " | ".join(repr(a) for a in typing.get_args(tp))
     elif origin is list:
-        name = f"a list of {_type_name(typing.get_args(tp)[0])}"
+        name = f"a list, {_type_name(typing.get_args(tp)[0])} each"
     elif origin is dict:
         name = f"a mapping to {_type_name(typing.get_args(tp)[1])}"
     elif dataclasses.is_dataclass(tp):
         name = "a mapping"
     else:
-        name = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+        kinds = {int: "an integer", float: "a number", bool: "true or false", str: "a string", Path: "a path"}
+        name = kinds.get(tp, str(tp))
     return f"{name} or null" if optional else name
 
 
@@ -118,7 +131,7 @@ def _build(cls: type[T], data: Mapping[str, Any], name: Callable[[str], str]) ->
             known = ", ".join(f.name for f in dataclasses.fields(_strip_optional(_type_at(cls, loc[:-1]))[0]))
             problem = f"unknown key; known keys{' under ' + under if under else ''}: {known}"
         elif err["type"].startswith("missing"):
-            problem = "required but missing"
+            problem = "required but missing (`--help` lists the flags)"
         else:
             tp = _type_at(cls, loc)
             choices = typing.get_args(_strip_optional(tp)[0])
@@ -130,14 +143,14 @@ def _build(cls: type[T], data: Mapping[str, Any], name: Callable[[str], str]) ->
 
 
 def to_dict(obj: Any) -> Any:
-    """A dataclass tree -> plain dicts/lists (field order kept)."""
+    """A dataclass tree -> plain dicts/lists/strings (field order kept)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, list | tuple):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
-    return obj
+    return str(obj) if isinstance(obj, Path) else obj
 
 
 def dump_yaml(obj: Any) -> str:
@@ -182,16 +195,16 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
 
 
 # ---------------------------------------------------------------------------------------- flags
-def _flag_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """(dotted name, type, help) for every field reachable through nested dataclasses."""
-    out: list[tuple[str, Any, str]] = []
+def _flag_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, dataclasses.Field]]:
+    """(dotted name, type, field) for every field reachable through nested dataclasses."""
+    out: list[tuple[str, Any, dataclasses.Field]] = []
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
         tp, _ = _strip_optional(hints[f.name])
         if dataclasses.is_dataclass(tp):
             out += _flag_fields(tp, f"{prefix}{f.name}.")  # type: ignore[arg-type]
         else:
-            out.append((f"{prefix}{f.name}", hints[f.name], f.metadata.get("help", "")))
+            out.append((f"{prefix}{f.name}", hints[f.name], f))
     return out
 
 
@@ -203,48 +216,42 @@ def _is_item_list(tp: Any) -> bool:
     )
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str = "config fields") -> None:
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """Register `--dotted.name VALUE` for every field of `cls` (values parsed later by `flag_overrides`),
-    and `--list.N.field` / `--list.NAME.field` for one field of one item of a list of dataclasses.
-
-    Also makes the parser's own errors (an unknown flag) one line, like every other input error."""
-    prog = parser.prog
-
-    def one_line_error(message: str):
-        import sys
-
-        hint = (
-            " (`--print-config` shows every key; `--help` lists the flags)"
-            if "unrecognized" in message
-            else ""
-        )
-        print(f"{prog}: error: {message}{hint}", file=sys.stderr)
-        raise SystemExit(2)
-
-    parser.error = one_line_error  # type: ignore[method-assign]
+    and `--list.N.field` / `--list.NAME.field` for one field of one item of a list of dataclasses."""
     fields = _flag_fields(cls)
     lists = [name for name, tp, _ in fields if _is_item_list(tp)]
-    group = parser.add_argument_group(
-        title,
-        "every config-file key is also a flag; values are YAML scalars"
-        + "".join(f"; one item of {n}: --{n}.INDEX.FIELD or --{n}.NAME.FIELD" for n in lists),
-    )
-    for name, tp, help_text in fields:
-        spellings = [f"--{name}"]
-        if "_" in name:
-            spellings.append(f"--{name.replace('_', '-')}")
+    # a bool flag alone means true; `--flag false` works too unless positionals follow (`--json PROMPT`)
+    bool_takes_value = not any(f.metadata.get("positional") for _, _, f in fields)
+
+    for name, tp, f in fields:
+        meta = f.metadata
         kind = _type_name(tp)
-        extra: dict[str, Any] = {}
-        if _strip_optional(tp)[0] is bool:  # `--flag` alone means true; `--flag false` also works
-            extra = {"nargs": "?", "const": "true"}
-        group.add_argument(
-            *spellings,
-            dest=FLAG_DEST_PREFIX + name,
-            default=argparse.SUPPRESS,
-            metavar="VALUE",
-            help=f"{help_text} ({kind})" if help_text else kind,
-            **extra,
-        )
+        if f.default not in (dataclasses.MISSING, None, False) and "default" not in meta.get("help", ""):
+            kind += f"; default {f.default}"
+        if name in lists:
+            kind += f"; or one item's field: --{name}.INDEX.FIELD or --{name}.NAME.FIELD"
+        help_text = f"{meta['help']} ({kind})" if meta.get("help") else kind
+        dest = FLAG_DEST_PREFIX + name
+        if meta.get("positional"):
+            many = typing.get_origin(_strip_optional(tp)[0]) is list
+            parser.add_argument(dest, nargs="+" if many else None, metavar=name, help=help_text)
+            continue
+        spellings = [f"--{name.replace('_', '-')}", *meta.get("flags", ())]
+        extra: dict[str, Any] = {"metavar": meta.get("metavar") or name.split(".")[-1].upper()}
+        if meta.get("repeat"):
+            extra["action"] = "append"
+        elif _strip_optional(tp)[0] is bool:
+            extra = (
+                {"nargs": "?", "const": "true"}
+                if bool_takes_value
+                else {"action": "store_const", "const": "true"}
+            )
+        parser.add_argument(*spellings, dest=dest, default=argparse.SUPPRESS, help=help_text, **extra)
+        if "_" in name:  # the key's own spelling works too
+            parser.add_argument(
+                f"--{name}", dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **extra
+            )
     if not lists:
         return
     parse_known_args = parser.parse_known_args
@@ -264,14 +271,15 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str = "c
     parser.parse_args = parse_args  # type: ignore[method-assign,assignment]
 
 
-def flag_overrides(args: argparse.Namespace) -> dict[str, str]:
+def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The config flags actually given on the command line: dotted name -> raw string."""
     n = len(FLAG_DEST_PREFIX)
     return {dest[n:]: value for dest, value in vars(args).items() if dest.startswith(FLAG_DEST_PREFIX)}
 
 
-def _set_dotted(data: dict[str, Any], cls: type, dotted: str, raw: str) -> None:
-    """Put a raw flag string into the nested mapping at `dotted`, parsing it by the field's type."""
+def _set_dotted(data: dict[str, Any], cls: type, dotted: str, raw: str | list[str]) -> None:
+    """Put a raw flag string into the nested mapping at `dotted`, parsing it by the field's type (the
+    strings of a positional list or a repeated flag are the list's items)."""
     parts = dotted.split(".")
     node: Any = data
     tp: Any = cls
@@ -285,7 +293,7 @@ def _set_dotted(data: dict[str, Any], cls: type, dotted: str, raw: str) -> None:
                 raise UserError(f"--{dotted}: unknown flag (`--print-config` shows every key)")
             field_tp = hints[name]
             if last:
-                node[name] = _parse_flag_value(raw, field_tp)
+                node[name] = raw if isinstance(raw, list) else _parse_flag_value(raw, field_tp)
                 return
             if not isinstance(node.get(name), dict | list):
                 node[name] = _default_value(tp, name, field_tp)  # start from the field's default
@@ -307,7 +315,7 @@ def _set_dotted(data: dict[str, Any], cls: type, dotted: str, raw: str) -> None:
             if idx == len(node):
                 node.append({})
             if last:
-                node[idx] = _parse_flag_value(raw, item_tp)
+                node[idx] = raw if isinstance(raw, list) else _parse_flag_value(raw, item_tp)
                 return
             if not isinstance(node[idx], dict):
                 node[idx] = {}
@@ -365,15 +373,27 @@ def _scalar(text: str) -> Any:
     return value if isinstance(value, str | int | float | bool) else text
 
 
+def _underscored(tp: Any, value: Any) -> Any:
+    """A file's keys as field names: `max-batch-size` is `max_batch_size`, as on the command line."""
+    tp, _ = _strip_optional(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
+        hints = _hints(tp)  # type: ignore[arg-type]
+        out = {str(k).replace("-", "_"): v for k, v in value.items()}
+        return {k: _underscored(hints[k], v) if k in hints else v for k, v in out.items()}
+    if typing.get_origin(tp) is list and isinstance(value, list):
+        return [_underscored(typing.get_args(tp)[0], v) for v in value]
+    return value
+
+
 def load_config(
     cls: type[T],
     path: str | Path | None = None,
-    overrides: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
     base: Mapping[str, Any] | None = None,
 ) -> T:
-    """YAML file (optional) + dotted flag overrides (raw strings) -> a `cls` instance.
+    """YAML file (optional) + dotted flag overrides (`flag_overrides`) -> a `cls` instance.
 
-    Errors name the flag for a value a flag set, else the file and line."""
+    Errors name the file and line of a value the file set, else the flag."""
     data: dict[str, Any] = dict(base or {})
     lines: dict[str, int] = {}
     source = "config"
@@ -381,15 +401,16 @@ def load_config(
         file_data, lines = read_yaml(path)
         data.update(file_data)
         source = str(path)
+    data = _underscored(cls, data)
+    lines = {k.replace("-", "_"): v for k, v in lines.items()}
     for dotted, raw in (overrides or {}).items():
         _set_dotted(data, cls, dotted, raw)
     flags = [d.replace("-", "_") for d in overrides or {}]
 
     def name(key: str) -> str:
         flag = next((d for d in flags if key == d or key.startswith(d + ".")), None)
-        if flag is not None:
-            return f"--{flag}"
-        line = lines.get(key)
-        return f"{source}:{line}: key '{key}'" if line else f"{source}: key '{key}'"
+        if flag is None and key in lines:
+            return f"{source}:{lines[key]}: key '{key}'"
+        return "--" + (flag or key).replace("_", "-")  # every key is also a flag
 
     return _build(cls, data, name)

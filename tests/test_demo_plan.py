@@ -62,8 +62,6 @@ def test_smollm2_plan_reads_from_layer_b_to_the_top_at_the_full_learning_rate(tm
 
 
 def test_default_demo_is_the_real_backbone_with_every_method(tmp_path):
-    import argparse
-
     from imprag.commands import demo as demo_command
 
     d = Demo(DemoConfig(out=tmp_path / "demo"))
@@ -74,9 +72,7 @@ def test_default_demo_is_the_real_backbone_with_every_method(tmp_path):
     # 8 for the others
     formats = ("nq", "hotpotqa", "simpleqa", "trex", "zsre", "fever", "aida", "2wikimultihopqa")
     assert [d.eval_limit(t) for t in formats] == [32, 32, 32, 16, 16, 16, 8, 8]
-    parser = argparse.ArgumentParser()
-    demo_command.add_arguments(parser)
-    assert parser.parse_args([]).backbone == "smollm2"
+    assert demo_command.Options().backbone == "smollm2"
 
 
 def test_eval_questions_sets_the_test_questions_per_format_and_their_own_folders(tmp_path):

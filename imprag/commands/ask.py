@@ -10,63 +10,45 @@ completion_tokens, passages: [{rank, id, title, score[, text]}]}. The prompt is 
 
 from __future__ import annotations
 
-import argparse
 import json
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
+from imprag.config_io import option
 from imprag.device import DEVICE_HELP, pick_device
 from imprag.errors import UserError
 from imprag.model.window import context_window, prompt_budget
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "prompt",
-        nargs="+",
-        help="prompt(s), e.g. 'Q: who wrote Hamlet? A:' (several are answered as one batch)",
+@dataclass(kw_only=True)
+class Options:
+    prompt: list[str] = option(
+        help="prompt(s), e.g. 'Q: who wrote Hamlet? A:' (several are answered as one batch)", positional=True
     )
-    parser.add_argument("--model", type=Path, required=True, help="ImpRAG / Hugging Face model folder")
-    parser.add_argument(
-        "--index", type=Path, required=True, help="index folder made by `imprag index` with this model"
+    model: Path = option(help="ImpRAG / Hugging Face model folder")
+    index: Path = option(help="index folder made by `imprag index` with this model")
+    k: int | None = option(
+        None, "passages read per prompt, 0 = closed book (default: the model's k)", flags=("-k",)
     )
-    parser.add_argument(
-        "-k",
-        type=int,
-        default=None,
-        help="passages read per prompt, 0 = closed book (default: the model's k)",
+    max_tokens: int = option(64, "most answer tokens")
+    temperature: float = option(0.0, "0 = greedy (default); > 0 samples")
+    top_p: float = option(1.0, "nucleus sampling mass")
+    stop: list[str] | None = option(None, "stop string (repeatable; default: none, EOS stops)", repeat=True)
+    seed: int | None = option(None, "seed for sampling")
+    template: str | None = option(None, "wrap each prompt: a text with {prompt}, e.g. 'Q: {prompt} A:'")
+    json: bool = option(False, "one JSON object per prompt")
+    show_passages: bool = option(False, "print each passage's text too")
+    width: int = option(100, "characters per passage text line")
+    passages: Path | None = option(None, "the passages file, if it moved since indexing")
+    allow_fingerprint_mismatch: bool = option(False, "use an index built by other weights anyway")
+    threads: int | None = option(
+        None, "torch CPU threads (default: torch's choice; 1 is often fastest for small models on busy CPUs)"
     )
-    parser.add_argument("--max-tokens", type=int, default=64, help="most answer tokens (default 64)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0)")
-    parser.add_argument(
-        "--stop", action="append", default=None, help="stop string (repeatable; default: none, EOS stops)"
-    )
-    parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
-    parser.add_argument(
-        "--template", default=None, help="wrap each prompt: a text with {prompt}, e.g. 'Q: {prompt} A:'"
-    )
-    parser.add_argument("--json", action="store_true", help="one JSON object per prompt")
-    parser.add_argument("--show-passages", action="store_true", help="print each passage's text too")
-    parser.add_argument(
-        "--width", type=int, default=100, help="characters per passage text line (default 100)"
-    )
-    parser.add_argument(
-        "--passages", type=Path, default=None, help="the passages file, if it moved since indexing"
-    )
-    parser.add_argument(
-        "--allow-fingerprint-mismatch", action="store_true", help="use an index built by other weights anyway"
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's choice; 1 is often fastest for small models on busy CPUs)",
-    )
-    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    device: str = option("auto", DEVICE_HELP)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Options) -> int:
     import torch
 
     from imprag import rag

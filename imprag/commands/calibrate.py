@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
+from imprag.config_io import option
 from imprag.device import DEVICE_HELP, pick_device
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, required=True, help="ImpRAG / Hugging Face model folder")
-    parser.add_argument("--passages", type=Path, required=True, help="passages JSONL to sample from")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="folder to save the whole model into (default: --model itself)"
-    )
-    parser.add_argument("--max-passages", type=int, default=512, help="passages sampled (default 512)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+@dataclass(kw_only=True)
+class Options:
+    model: Path = option(help="ImpRAG / Hugging Face model folder")
+    passages: Path = option(help="passages JSONL to sample from")
+    out: Path | None = option(None, "folder to save the whole model into (default: --model itself)")
+    max_passages: int = option(512, "passages sampled")
+    seed: int = option(0, "seed of the sample")
+    device: str = option("auto", DEVICE_HELP)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Options) -> int:
     from imprag.errors import UserError
     from imprag.model.calibration import sample_passage_texts
     from imprag.model.imprag import ImpRAG

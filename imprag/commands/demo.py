@@ -3,49 +3,42 @@ runs the same on a folder in the world layout (imprag.demo.layout)."""
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
+from imprag.config_io import option
 from imprag.demo.pipeline import SIZES, Demo, DemoConfig
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="runs/demo", help="working folder; re-running reuses finished steps")
-    parser.add_argument(
-        "--size", default="small", help=f"one of {', '.join(SIZES)} (small: ~10 min on 2 cores)"
-    )
-    parser.add_argument(
-        "--backbone",
-        default="smollm2",
-        help="smollm2 (real SmolLM2-135M-Instruct weights, converted once per machine) or tiny (a random Llama "
+@dataclass(kw_only=True)
+class Options:
+    out: str = option("runs/demo", "working folder; re-running reuses finished steps")
+    size: str = option("small", f"one of {', '.join(SIZES)} (small: ~10 min on 2 cores)")
+    backbone: str = option(
+        "smollm2",
+        "smollm2 (real SmolLM2-135M-Instruct weights, converted once per machine) or tiny (a random Llama "
         "trained from scratch: the fast smoke test)",
     )
-    parser.add_argument(
-        "--world",
-        metavar="DIR",
-        default=None,
-        help="run on this folder instead of a generated world: passages.jsonl + tasks/<task>/{train,dev,test}.jsonl "
+    world: str | None = option(
+        None,
+        "run on this folder instead of a generated world: passages.jsonl + tasks/<task>/{train,dev,test}.jsonl "
         "(KILT; tasks/nq/train and dev with gold provenance required); read only, outputs go under --out",
+        metavar="DIR",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--eval-questions",
-        type=int,
-        metavar="N",
-        default=None,
-        help="test questions for every format (default: the size's; small: 32 for NQ, HotpotQA and SimpleQA, 16 "
+    seed: int = option(0, "random seed")
+    eval_questions: int | None = option(
+        None,
+        "test questions for every format (default: the size's; small: 32 for NQ, HotpotQA and SimpleQA, 16 "
         "for T-REx, zsRE and FEVER, 8 for 2Wiki and AIDA). A 16-question cell has a standard error of about 12 "
         "EM points; each question more costs about 0.5 s per method on 2 cores",
+        metavar="N",
     )
-    parser.add_argument(
-        "--train-minutes",
-        type=float,
-        default=None,
-        help="stop training after this many minutes and go on with the model as it stands",
+    train_minutes: float | None = option(
+        None, "stop training after this many minutes and go on with the model as it stands"
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Options) -> int:
     summary = Demo(
         DemoConfig(
             out=Path(args.out),

@@ -2,68 +2,37 @@
 
 from __future__ import annotations
 
-import argparse
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from imprag.config_io import option
 from imprag.device import DEVICE_HELP, pick_device
 from imprag.errors import UserError
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", type=Path, help="ImpRAG / Hugging Face model folder (not needed with --merge-only)"
+@dataclass(kw_only=True)
+class Options:
+    model: Path | None = option(None, "ImpRAG / Hugging Face model folder (not needed with --merge-only)")
+    passages: Path | None = option(None, "passages JSONL, one {id, title, text} per line")
+    out: Path = option(help="index folder (created; re-run the same command to resume)")
+    factory: str = option("Flat", "FAISS factory string: Flat, HNSW32, IVF4096,PQ64, ... (default Flat)")
+    batch_size: int = option(32, "passages per forward pass")
+    max_length: int | None = option(None, "tokens kept per passage (default: the model's l_max)")
+    dtype: Literal["float16", "float32"] = option("float16", "stored vectors")
+    on_error: Literal["fail", "skip"] = option("fail", "bad JSONL lines: stop (default) or skip and report")
+    shard: str | None = option(None, "embed only slice i of P (run all P, then --merge-only)", metavar="i/P")
+    chunk_size: int = option(8192, "lines per shard file")
+    merge_only: bool = option(False, "build the FAISS index from finished shards")
+    train_size: int | None = option(None, "IVF/PQ training sample (default: 39 per centroid, at least 20k)")
+    nprobe: int | None = option(None, "IVF lists probed at search time (stored; default ~sqrt(nlist), >= 16)")
+    device: str = option("auto", DEVICE_HELP)
+    model_dtype: Literal["float32", "bfloat16", "float16"] = option(
+        "float32",
+        "weights' dtype while embedding (default float32; the fingerprint changes if a cast is lossy)",
     )
-    parser.add_argument("--passages", type=Path, help="passages JSONL, one {id, title, text} per line")
-    parser.add_argument(
-        "--out", type=Path, required=True, help="index folder (created; re-run the same command to resume)"
-    )
-    parser.add_argument(
-        "--factory",
-        default="Flat",
-        help="FAISS factory string: Flat, HNSW32, IVF4096,PQ64, ... (default Flat)",
-    )
-    parser.add_argument("--batch-size", type=int, default=32, help="passages per forward pass (default 32)")
-    parser.add_argument(
-        "--max-length", type=int, default=None, help="tokens kept per passage (default: the model's l_max)"
-    )
-    parser.add_argument(
-        "--dtype", choices=("float16", "float32"), default="float16", help="stored vectors (default float16)"
-    )
-    parser.add_argument(
-        "--on-error",
-        choices=("fail", "skip"),
-        default="fail",
-        help="bad JSONL lines: stop (default) or skip and report",
-    )
-    parser.add_argument(
-        "--shard", default=None, metavar="i/P", help="embed only slice i of P (run all P, then --merge-only)"
-    )
-    parser.add_argument("--chunk-size", type=int, default=8192, help="lines per shard file (default 8192)")
-    parser.add_argument(
-        "--merge-only", action="store_true", help="build the FAISS index from finished shards"
-    )
-    parser.add_argument(
-        "--train-size",
-        type=int,
-        default=None,
-        help="IVF/PQ training sample (default: 39 per centroid, at least 20k)",
-    )
-    parser.add_argument(
-        "--nprobe",
-        type=int,
-        default=None,
-        help="IVF lists probed at search time (stored; default ~sqrt(nlist), >= 16)",
-    )
-    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
-    parser.add_argument(
-        "--model-dtype",
-        choices=("float32", "bfloat16", "float16"),
-        default="float32",
-        help="weights' dtype while embedding (default float32; the fingerprint changes if a cast is lossy)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    quiet: bool = option(False, "no progress bars")
 
 
 def parse_shard(spec: str | None) -> tuple[int, int, bool]:
@@ -98,7 +67,7 @@ def _model_encoder(
     return encoder, encoder.info["max_length"]
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Options) -> int:
     from imprag.index.build import IndexBuildConfig, build_index, merge
 
     show = not args.quiet

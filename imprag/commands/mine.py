@@ -3,42 +3,34 @@ retriever (the whole prompt as the query) and write the candidates as JSONL pseu
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
+from imprag.config_io import option
 from imprag.errors import UserError
 
 ON_ERROR = ("fail", "skip")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--passages", required=True, help='passages JSONL, one {"id","title","text"} per line'
+@dataclass(kw_only=True)
+class Options:
+    passages: str = option(help='passages JSONL, one {"id","title","text"} per line')
+    data: str = option(help="task file (KILT JSONL or plain question/answers JSONL)")
+    out: str = option(help="output JSONL: one row of ranked candidates per example")
+    task: str | None = option(
+        None, "task name (nq, hotpotqa, trex, fever, aida, ...); default: guessed from --data's name, else nq"
     )
-    parser.add_argument(
-        "--data", required=True, help="task file (KILT JSONL or plain question/answers JSONL)"
+    # retriever and on-error are checked in run(), whose errors name the choices
+    retriever: str = option("bm25", "bm25 (default) or dense (all-MiniLM-L6-v2)")
+    top_k: int = option(50, "candidates per example")
+    on_error: str = option("fail", "bad input line: fail (default) or skip with a warning")
+    cache_dir: str | None = option(
+        None, "where retriever indexes are cached (default $IMPRAG_CACHE or ~/.cache/imprag)"
     )
-    parser.add_argument("--out", required=True, help="output JSONL: one row of ranked candidates per example")
-    parser.add_argument(
-        "--task",
-        default=None,
-        help="task name (nq, hotpotqa, trex, fever, aida, ...); default: guessed from --data's name, else nq",
-    )
-    # Retriever and on-error are checked in run(): a bad value gets one line and exit 2, like every other input error.
-    parser.add_argument("--retriever", default="bm25", help="bm25 (default) or dense (all-MiniLM-L6-v2)")
-    parser.add_argument("--top-k", type=int, default=50, help="candidates per example (default 50)")
-    parser.add_argument(
-        "--on-error", default="fail", help="bad input line: fail (default) or skip with a warning"
-    )
-    parser.add_argument(
-        "--cache-dir",
-        default=None,
-        help="where retriever indexes are cached (default $IMPRAG_CACHE or ~/.cache/imprag)",
-    )
-    parser.add_argument("--limit", type=int, default=None, help="mine only the first N examples")
+    limit: int | None = option(None, "mine only the first N examples")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Options) -> int:
     from imprag.data.kilt import load_examples
     from imprag.data.mining import gold_recall, mine
     from imprag.data.tasks import get_task, task_for_file

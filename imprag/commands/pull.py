@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
+from typing import Literal
 
+from imprag.config_io import option
 from imprag.model.pull import SOURCES, pull
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", choices=sorted(SOURCES), help="which model")
-    parser.add_argument("--out", required=True, help="folder to write (HF model + tokenizer + imprag.json)")
-    parser.add_argument("--force", action="store_true", help="convert again even if OUT is complete")
+SOURCE_NAMES = tuple(sorted(SOURCES))
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(kw_only=True)
+class Options:
+    name: Literal[SOURCE_NAMES] = option(help="which model", positional=True)  # type: ignore[valid-type]
+    out: str = option(help="folder to write (HF model + tokenizer + imprag.json)")
+    force: bool = option(False, "convert again even if OUT is complete")
+
+
+def run(args: Options) -> int:
     path = pull(args.name, args.out, force=args.force)
     print(path)
     return 0

@@ -3,19 +3,20 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders written by `imprag eval --out`")
-    parser.add_argument(
-        "--out", type=Path, required=True, help="folder for table.md, chart.png and report.json"
-    )
-    parser.add_argument("--title", default="ImpRAG evaluation", help="table heading and chart title")
+from imprag.config_io import option
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(kw_only=True)
+class Options:
+    runs: list[Path] = option(help="run folders written by `imprag eval --out`", positional=True)
+    out: Path = option(help="folder for table.md, chart.png and report.json")
+    title: str = option("ImpRAG evaluation", "table heading and chart title")
+
+
+def run(args: Options) -> int:
     from imprag.eval.report import build_report
 
     build_report(args.runs, args.out, args.title)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
+from typing import Literal
 
+from imprag.config_io import option
 from imprag.data.tasks import TASKS
 from imprag.errors import UserError
 from imprag.eval.metrics import MATCH_MODES, NORMALIZATIONS
@@ -12,46 +14,29 @@ from imprag.eval.scoring import format_scores, score_files
 from imprag.io import atomic_write_json
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--predictions",
-        required=True,
-        help="KILT-format predictions JSONL ({id, output: [{answer, provenance}]})",
+@dataclass(kw_only=True)
+class Options:
+    predictions: str = option(help="KILT-format predictions JSONL ({id, output: [{answer, provenance}]})")
+    gold: str = option(help="gold task file (KILT JSONL, or {question, answers} JSONL)")
+    task: str | None = option(
+        None, f"task name (default: guessed from the gold file name); one of {', '.join(TASKS)}"
     )
-    parser.add_argument(
-        "--gold", required=True, help="gold task file (KILT JSONL, or {question, answers} JSONL)"
+    out: str | None = option(None, "write the metrics here as JSON")
+    json: bool = option(False, "print the metrics as JSON instead of a table")
+    passages: str | None = option(
+        None, "passages JSONL ({id, title, text}) to look up provenance text for answer recall"
     )
-    parser.add_argument(
-        "--task",
-        default=None,
-        help=f"task name (default: guessed from the gold file name); one of {', '.join(TASKS)}",
+    k: str = option("1,5,10", "comma-separated k for recall@k (default 1,5,10)")
+    match: Literal[MATCH_MODES] = option(  # type: ignore[valid-type]
+        "word", "answer-recall matching (default word boundaries; accents and Unicode punctuation folded)"
     )
-    parser.add_argument("--out", default=None, help="write the metrics here as JSON")
-    parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
-    parser.add_argument(
-        "--passages",
-        default=None,
-        help="passages JSONL ({id, title, text}) to look up provenance text for answer recall",
-    )
-    parser.add_argument("--k", default="1,5,10", help="comma-separated k for recall@k (default 1,5,10)")
-    parser.add_argument(
-        "--match",
-        choices=MATCH_MODES,
-        default="word",
-        help="answer-recall matching (default word boundaries; accents and Unicode punctuation folded)",
-    )
-    parser.add_argument(
-        "--normalize",
-        choices=NORMALIZATIONS,
-        default="kilt",
-        help="EM/F1 answer normalisation: kilt = the official KILT/SQuAD rule (default); unicode = also "
+    normalize: Literal[NORMALIZATIONS] = option(  # type: ignore[valid-type]
+        "kilt",
+        "EM/F1 answer normalisation: kilt = the official KILT/SQuAD rule (default); unicode = also "
         "fold accents and Unicode punctuation (not comparable with published numbers)",
     )
-    parser.add_argument(
-        "--on-error",
-        choices=("fail", "skip"),
-        default="fail",
-        help="lines that are not valid JSON: stop (default) or skip",
+    on_error: Literal["fail", "skip"] = option(
+        "fail", "lines that are not valid JSON: stop (default) or skip"
     )
 
 
@@ -67,7 +52,7 @@ def _parse_ks(text: str) -> list[int]:
     return ks
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Options) -> int:
     result = score_files(
         args.predictions,
         args.gold,

@@ -2,46 +2,32 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
+from imprag.config_io import option
 from imprag.device import DEVICE_HELP, pick_device
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "prompt", nargs="+", help="prompt(s) exactly as the model sees them, e.g. 'Q: who wrote Hamlet? A:'"
+@dataclass(kw_only=True)
+class Options:
+    prompt: list[str] = option(
+        help="prompt(s) exactly as the model sees them, e.g. 'Q: who wrote Hamlet? A:'", positional=True
     )
-    parser.add_argument("--model", type=Path, required=True, help="ImpRAG / Hugging Face model folder")
-    parser.add_argument("--index", type=Path, required=True, help="index folder made by `imprag index`")
-    parser.add_argument("-k", type=int, default=10, help="passages per prompt (default 10)")
-    parser.add_argument(
-        "--json", action="store_true", help="one JSON object per prompt: {prompt, passages: [...]}"
-    )
-    parser.add_argument("--nprobe", type=int, default=None, help="IVF lists to probe (default: the index's)")
-    parser.add_argument(
-        "--rerank",
-        type=int,
-        default=None,
-        metavar="R",
-        help="rescore R FAISS candidates with the exact stored vectors",
-    )
-    parser.add_argument(
-        "--passages", type=Path, default=None, help="the passages file, if it moved since indexing"
-    )
-    parser.add_argument(
-        "--allow-fingerprint-mismatch",
-        action="store_true",
-        help="search an index built by other weights anyway",
-    )
-    parser.add_argument(
-        "--width", type=int, default=100, help="characters of text shown per passage (default 100)"
-    )
-    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    model: Path = option(help="ImpRAG / Hugging Face model folder")
+    index: Path = option(help="index folder made by `imprag index`")
+    k: int = option(10, "passages per prompt", flags=("-k",))
+    json: bool = option(False, "one JSON object per prompt: {prompt, passages: [...]}")
+    nprobe: int | None = option(None, "IVF lists to probe (default: the index's)")
+    rerank: int | None = option(None, "rescore R FAISS candidates with the exact stored vectors", metavar="R")
+    passages: Path | None = option(None, "the passages file, if it moved since indexing")
+    allow_fingerprint_mismatch: bool = option(False, "search an index built by other weights anyway")
+    width: int = option(100, "characters of text shown per passage")
+    device: str = option("auto", DEVICE_HELP)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Options) -> int:
     from imprag.index.faiss_index import Index
     from imprag.model.imprag import ImpRAG
 

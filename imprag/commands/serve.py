@@ -11,145 +11,69 @@ imprag/serve/prompting.py.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from imprag.config_io import option
 from imprag.device import DEVICE_HELP, pick_device
 from imprag.errors import UserError
 from imprag.serve.config import ServeConfig
 
 log = logging.getLogger(__name__)
+_D = ServeConfig()  # the defaults of the flags that are ServeConfig fields
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = ServeConfig()
-    parser.add_argument("--model", type=Path, required=True, help="ImpRAG / Hugging Face model folder")
-    parser.add_argument(
-        "--index", type=Path, required=True, help="index folder made by `imprag index` with this model"
+@dataclass(kw_only=True)
+class Options:
+    """The server's flags; those named as a ServeConfig field are that field (config_from_args)."""
+
+    model: Path = option(help="ImpRAG / Hugging Face model folder")
+    index: Path = option(help="index folder made by `imprag index` with this model")
+    host: str = option("127.0.0.1", "address to bind (default 127.0.0.1: this machine only)")
+    port: int = option(8000, "TCP port (default 8000; 0 = any free port, printed)")
+    api_key: str | None = option(
+        None, "require `Authorization: Bearer KEY` (default: env IMPRAG_API_KEY, else no key)"
     )
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    model_name: str | None = option(None, "the `model` id clients send (default: the model folder's name)")
+    k: int | None = option(
+        None, "passages per prompt when a request gives no `k` (default: the model's k)", flags=("-k",)
     )
-    parser.add_argument(
-        "--port", type=int, default=8000, help="TCP port (default 8000; 0 = any free port, printed)"
+    max_batch_size: int = option(_D.max_batch_size, "requests decoded together")
+    max_wait_ms: float = option(_D.max_wait_ms, "how long a request may wait for its batch to fill")
+    max_concurrent: int = option(_D.max_concurrent, "requests queued or running at once; more get 429")
+    max_prompt_tokens: int = option(_D.max_prompt_tokens, "longest prompt accepted, in tokens")
+    max_tokens_cap: int = option(_D.max_tokens_cap, "largest max_tokens a request may ask")
+    max_body_bytes: int = option(_D.max_body_bytes, "largest request body")
+    max_prompts: int = option(_D.max_prompts, "prompts per completions/retrieve request")
+    completion_max_tokens: int = option(
+        _D.completion_max_tokens, "max_tokens of a completion request that gives none (as OpenAI)"
     )
-    parser.add_argument(
-        "--api-key",
-        default=None,
-        help="require `Authorization: Bearer KEY` (default: env IMPRAG_API_KEY, else no key)",
+    chat_max_tokens: int | None = option(
+        None, "max_tokens of a chat request that gives none (default: --max-tokens-cap)"
     )
-    parser.add_argument(
-        "--model-name", default=None, help="the `model` id clients send (default: the model folder's name)"
-    )
-    parser.add_argument(
-        "-k",
-        type=int,
-        default=None,
-        help="passages per prompt when a request gives no `k` (default: the model's k)",
-    )
-    parser.add_argument(
-        "--max-batch-size",
-        type=int,
-        default=d.max_batch_size,
-        help=f"requests decoded together (default {d.max_batch_size})",
-    )
-    parser.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=d.max_wait_ms,
-        help=f"how long a request may wait for its batch to fill (default {d.max_wait_ms:g})",
-    )
-    parser.add_argument(
-        "--max-concurrent",
-        type=int,
-        default=d.max_concurrent,
-        help=f"requests queued or running at once; more get 429 (default {d.max_concurrent})",
-    )
-    parser.add_argument(
-        "--max-prompt-tokens",
-        type=int,
-        default=d.max_prompt_tokens,
-        help=f"longest prompt accepted, in tokens (default {d.max_prompt_tokens})",
-    )
-    parser.add_argument(
-        "--max-tokens-cap",
-        type=int,
-        default=d.max_tokens_cap,
-        help=f"largest max_tokens a request may ask (default {d.max_tokens_cap})",
-    )
-    parser.add_argument(
-        "--max-body-bytes",
-        type=int,
-        default=d.max_body_bytes,
-        help=f"largest request body (default {d.max_body_bytes})",
-    )
-    parser.add_argument(
-        "--max-prompts",
-        type=int,
-        default=d.max_prompts,
-        help=f"prompts per completions/retrieve request (default {d.max_prompts})",
-    )
-    parser.add_argument(
-        "--completion-max-tokens",
-        type=int,
-        default=d.completion_max_tokens,
-        help=f"max_tokens of a completion request that gives none (default {d.completion_max_tokens}, as OpenAI)",
-    )
-    parser.add_argument(
-        "--chat-max-tokens",
-        type=int,
-        default=None,
-        help="max_tokens of a chat request that gives none (default: --max-tokens-cap)",
-    )
-    parser.add_argument(
-        "--chat-template",
-        default=d.chat_template,
-        help="how chat messages become a prompt: auto (tokenizer's template if any, else lines), tokenizer, lines "
+    chat_template: str = option(
+        _D.chat_template,
+        "how chat messages become a prompt: auto (tokenizer's template if any, else lines), tokenizer, lines "
         "('role: content' lines then 'assistant:'), or a text with {prompt} = the last user message, e.g. 'Q: {prompt} A:'",
     )
-    parser.add_argument(
-        "--seed", type=int, default=None, help="seed of the sampling generator (default: random)"
+    seed: int | None = option(None, "seed of the sampling generator (default: random)")
+    passages: Path | None = option(None, "the passages file, if it moved since indexing")
+    allow_fingerprint_mismatch: bool = option(False, "serve an index built by other weights anyway")
+    device: str = option("auto", DEVICE_HELP)
+    threads: int | None = option(
+        None, "torch CPU threads (default: torch's choice; 1 is often fastest for small models on busy CPUs)"
     )
-    parser.add_argument(
-        "--passages", type=Path, default=None, help="the passages file, if it moved since indexing"
-    )
-    parser.add_argument(
-        "--allow-fingerprint-mismatch",
-        action="store_true",
-        help="serve an index built by other weights anyway",
-    )
-    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's choice; 1 is often fastest for small models on busy CPUs)",
-    )
-    parser.add_argument(
-        "--dtype",
-        choices=("float32", "bfloat16", "float16"),
-        default=None,
-        help="weights' dtype (default float32)",
-    )
-    parser.add_argument(
-        "--shutdown-timeout",
-        type=float,
-        default=60.0,
-        help="seconds in-flight requests get to finish on SIGINT/SIGTERM (default 60)",
-    )
-    parser.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        default="info",
-        help="server log level (default info)",
-    )
+    dtype: Literal["float32", "bfloat16", "float16"] | None = option(None, "weights' dtype (default float32)")
+    shutdown_timeout: float = option(60.0, "seconds in-flight requests get to finish on SIGINT/SIGTERM")
+    log_level: Literal["debug", "info", "warning", "error"] = option("info", "server log level")
 
 
-def config_from_args(args: argparse.Namespace) -> ServeConfig:
+def config_from_args(args: Options) -> ServeConfig:
     """Each ServeConfig field is the flag of the same name."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)}
     values["model_name"] = args.model_name or Path(args.model).resolve().name
@@ -158,7 +82,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     return ServeConfig(**values).validate()
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Options) -> int:
     from imprag.index.faiss_index import Index
     from imprag.model.imprag import ImpRAG
     from imprag.serve.app import create_app

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
+from imprag.config_io import option
 from imprag.errors import UserError
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    # checked in run() rather than by argparse, so a bad value is one clear line (exit 2)
-    parser.add_argument(
-        "--out", metavar="DIR", help="folder to write passages.jsonl, tasks/ and world.json (required)"
+@dataclass(kw_only=True)
+class Options:
+    # checked in run(), so a missing or bad value is one line naming the fix
+    out: str | None = option(
+        None, "folder to write passages.jsonl, tasks/ and world.json (required)", metavar="DIR"
     )
-    parser.add_argument(
-        "--seed", default="0", help="random seed; the same seed and size give byte-identical files"
-    )
-    parser.add_argument(
-        "--entities", default=None, help="number of entities = passages (default 1500; 50 to 100000)"
-    )
+    seed: str = option("0", "random seed; the same seed and size give byte-identical files")
+    entities: str | None = option(None, "number of entities = passages (default 1500; 50 to 100000)")
 
 
 def _int(value: str, flag: str) -> int:
@@ -27,7 +25,7 @@ def _int(value: str, flag: str) -> int:
         raise UserError(f"{flag} must be an integer, got {value!r}") from None
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Options) -> int:
     from imprag.demo.world import DEFAULT_ENTITIES, check_entities, generate_world
 
     if not args.out:

@@ -8,7 +8,7 @@ the same task, the later one gets its own row labelled with its folder name.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     return doc
 
 
-def collect(run_dirs: list[str | Path]) -> list[Row]:
+def collect(run_dirs: Sequence[str | Path]) -> list[Row]:
     """Runs -> table rows in ROW_ORDER (then first appearance)."""
     if not run_dirs:
         raise UserError("give at least one run folder")
@@ -242,7 +242,7 @@ def plot(rows: list[Row], path: str | Path, title: str = "ImpRAG evaluation") ->
 
 
 def build_report(
-    run_dirs: list[str | Path],
+    run_dirs: Sequence[str | Path],
     out: str | Path,
     title: str = "ImpRAG evaluation",
     skipped: Mapping[str, str] | None = None,

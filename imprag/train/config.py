@@ -121,8 +121,8 @@ class StageConfig:
 
 def _default_stages() -> list[StageConfig]:
     return [
-        StageConfig(name="warmup", objective="nce", epochs=3, lm_weight=0.0, retrieval_weight=1.0),
-        StageConfig(name="distill", objective="distill", epochs=7, lm_weight=1.0, retrieval_weight=1.0),
+        StageConfig(name="warmup", objective="nce", epochs=3.0, lm_weight=0.0, retrieval_weight=1.0),
+        StageConfig(name="distill", objective="distill", epochs=7.0, lm_weight=1.0, retrieval_weight=1.0),
     ]
 
 
