@@ -11,11 +11,11 @@ from imprag.config_io import option
 from imprag.data.tasks import TASKS
 from imprag.device import DEVICE_HELP, pick_device
 from imprag.eval.methods import METHODS
-from imprag.eval.metrics import MATCH_MODES, NORMALIZATIONS
+from imprag.eval.scoring import ScoringOptions
 
 
 @dataclass(kw_only=True)
-class Options:
+class Options(ScoringOptions):
     model: Path = option(help="ImpRAG / Hugging Face model folder (or a .gguf file)")
     data: str = option(help="task file(s), KILT JSONL, comma-separated (one output folder per task)")
     task: str | None = option(
@@ -32,14 +32,6 @@ class Options:
     limit: int | None = option(None, "evaluate the first N examples of each file")
     batch_size: int = option(8, "questions per generation batch")
     max_new_tokens: int = option(32, "answer length limit in tokens")
-    match: Literal[MATCH_MODES] = option(  # type: ignore[valid-type]
-        "word", "answer-recall matching (default: word boundaries; accents and Unicode punctuation folded)"
-    )
-    normalize: Literal[NORMALIZATIONS] = option(  # type: ignore[valid-type]
-        "kilt",
-        "EM/F1 answer normalisation: kilt = the official KILT/SQuAD rule (default); unicode = also "
-        "fold accents and Unicode punctuation (not comparable with published numbers)",
-    )
     query_calibration: Literal["prompts", "stored"] = option(
         "prompts",
         "imprag: each prompt format's query mean from the evaluated prompts themselves (label-free, "

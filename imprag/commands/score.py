@@ -9,13 +9,12 @@ from typing import Literal
 from imprag.config_io import option
 from imprag.data.tasks import TASKS
 from imprag.errors import UserError
-from imprag.eval.metrics import MATCH_MODES, NORMALIZATIONS
-from imprag.eval.scoring import format_scores, score_files
+from imprag.eval.scoring import ScoringOptions, format_scores, score_files
 from imprag.io import atomic_write_json
 
 
 @dataclass(kw_only=True)
-class Options:
+class Options(ScoringOptions):
     predictions: str = option(help="KILT-format predictions JSONL ({id, output: [{answer, provenance}]})")
     gold: str = option(help="gold task file (KILT JSONL, or {question, answers} JSONL)")
     task: str | None = option(
@@ -27,14 +26,6 @@ class Options:
         None, "passages JSONL ({id, title, text}) to look up provenance text for answer recall"
     )
     k: str = option("1,5,10", "comma-separated k for recall@k (default 1,5,10)")
-    match: Literal[MATCH_MODES] = option(  # type: ignore[valid-type]
-        "word", "answer-recall matching (default word boundaries; accents and Unicode punctuation folded)"
-    )
-    normalize: Literal[NORMALIZATIONS] = option(  # type: ignore[valid-type]
-        "kilt",
-        "EM/F1 answer normalisation: kilt = the official KILT/SQuAD rule (default); unicode = also "
-        "fold accents and Unicode punctuation (not comparable with published numbers)",
-    )
     on_error: Literal["fail", "skip"] = option(
         "fail", "lines that are not valid JSON: stop (default) or skip"
     )

@@ -10,17 +10,33 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from imprag.config_io import option
 from imprag.data.kilt import load_examples
 from imprag.data.tasks import TASKS, get_task, task_for_file
 from imprag.errors import UserError
-from imprag.eval.metrics import aggregate, score_example
+from imprag.eval.metrics import MATCH_MODES, NORMALIZATIONS, aggregate, score_example
 from imprag.io import iter_jsonl
 from imprag.passage import read_passage_lines
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class ScoringOptions:
+    """How answers are matched: the options `imprag eval` and `imprag score` share."""
+
+    match: Literal[MATCH_MODES] = option(  # type: ignore[valid-type]
+        "word", "answer-recall matching (default: word boundaries; accents and Unicode punctuation folded)"
+    )
+    normalize: Literal[NORMALIZATIONS] = option(  # type: ignore[valid-type]
+        "kilt",
+        "EM/F1 answer normalisation: kilt = the official KILT/SQuAD rule (default); unicode = also "
+        "fold accents and Unicode punctuation (not comparable with published numbers)",
+    )
 
 
 def _prediction(obj: Mapping[str, Any], where: str) -> tuple[str, str, list[dict]]:
