@@ -15,7 +15,6 @@ import dataclasses
 import logging
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +27,7 @@ log = logging.getLogger(__name__)
 _D = ServeConfig()  # the defaults of the flags that are ServeConfig fields
 
 
-@dataclass(kw_only=True)
+@dataclasses.dataclass(kw_only=True)
 class Options:
     """The server's flags; those named as a ServeConfig field are that field (config_from_args)."""
 
