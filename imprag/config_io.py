@@ -134,9 +134,10 @@ def _build(cls: type[T], data: Mapping[str, Any], name: Callable[[str], str]) ->
             problem = "required but missing (`--help` lists the flags)"
         else:
             tp = _type_at(cls, loc)
-            choices = typing.get_args(_strip_optional(tp)[0])
-            if typing.get_origin(_strip_optional(tp)[0]) is Literal and value is not None:
-                problem = f"{value!r} is not a choice; choose one of: {', '.join(map(str, choices))}"
+            inner, _ = _strip_optional(tp)
+            if typing.get_origin(inner) is Literal and value is not None:
+                choices = ", ".join(map(str, typing.get_args(inner)))
+                problem = f"{value!r} is not a choice; choose one of: {choices}"
             else:
                 problem = f"expected {_type_name(tp)}, got {'null' if value is None else repr(value)}"
         raise UserError(f"{name('.'.join(map(str, loc)))}: {problem}") from None
