@@ -154,6 +154,15 @@ def to_dict(obj: Any) -> Any:
     return str(obj) if isinstance(obj, Path) else obj
 
 
+def same_named(cls: type[T], options: Any, **values: Any) -> T:
+    """`cls(**values)`, each other field of `cls` taken from the `options` attribute of the same name
+    (a command's Options -> the library config it drives); fields `options` lacks keep their defaults."""
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.init and f.name not in values and hasattr(options, f.name):
+            values[f.name] = getattr(options, f.name)
+    return cls(**values)
+
+
 def dump_yaml(obj: Any) -> str:
     return yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=False, allow_unicode=True)
 

@@ -6,20 +6,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from imprag.config_io import option
+from imprag.config_io import option, same_named
 from imprag.demo.pipeline import SIZES, Demo, DemoConfig
 
 
 @dataclass(kw_only=True)
 class Options:
-    out: str = option("runs/demo", "working folder; re-running reuses finished steps")
+    out: Path = option(Path("runs/demo"), "working folder; re-running reuses finished steps")
     size: str = option("small", f"one of {', '.join(SIZES)} (small: ~10 min on 2 cores)")
     backbone: str = option(
         "smollm2",
         "smollm2 (real SmolLM2-135M-Instruct weights, converted once per machine) or tiny (a random Llama "
         "trained from scratch: the fast smoke test)",
     )
-    world: str | None = option(
+    world: Path | None = option(
         None,
         "run on this folder instead of a generated world: passages.jsonl + tasks/<task>/{train,dev,test}.jsonl "
         "(KILT; tasks/nq/train and dev with gold provenance required); read only, outputs go under --out",
@@ -39,17 +39,7 @@ class Options:
 
 
 def run(args: Options) -> int:
-    summary = Demo(
-        DemoConfig(
-            out=Path(args.out),
-            size=args.size,
-            backbone=args.backbone,
-            seed=args.seed,
-            train_minutes=args.train_minutes,
-            eval_questions=args.eval_questions,
-            world=Path(args.world) if args.world else None,
-        )
-    ).run()
+    summary = Demo(same_named(DemoConfig, args)).run()
     print(Path(summary["report"]).read_text())
     print(f"chart: {summary['chart']}\n")
     if summary["skipped"]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from imprag.config_io import option
+from imprag.config_io import option, same_named
 from imprag.data.tasks import TASKS
 from imprag.device import DEVICE_HELP, pick_device
 from imprag.eval.methods import METHODS
@@ -68,29 +68,13 @@ def _split(text: str | None) -> list[str] | None:
 def run(args: Options) -> int:
     from imprag.eval.runner import EvalConfig, run_eval
 
-    device = str(pick_device(args.device))  # EvalConfig is written to metrics.json
-    cfg = EvalConfig(
-        model=args.model,
+    cfg = same_named(
+        EvalConfig,
+        args,
         data=[Path(x) for x in _split(args.data) or []],
-        method=args.method,
-        out=args.out,
         tasks=_split(args.task),
-        index=args.index,
-        passages=args.passages,
-        k=args.k,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        match=args.match,
-        query_calibration=args.query_calibration,
         normalization=args.normalize,
-        on_error=args.on_error,
-        cache_dir=args.cache_dir,
-        allow_fingerprint_mismatch=args.allow_fingerprint_mismatch,
-        device=device,
-        model_dtype=args.model_dtype,
-        precision=args.precision,
-        fever=args.fever,
+        device=str(pick_device(args.device)),  # EvalConfig is written to metrics.json
         show_progress=not args.quiet,
     )
     run_eval(cfg)

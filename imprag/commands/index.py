@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from imprag.config_io import option
+from imprag.config_io import option, same_named
 from imprag.device import DEVICE_HELP, pick_device
 from imprag.errors import UserError
 
@@ -81,21 +81,14 @@ def run(args: Options) -> int:
     encoder, limit = _model_encoder(
         args.model, args.device, args.model_dtype, args.max_length, args.passages, args.out
     )
-    cfg = IndexBuildConfig(
-        out=args.out,
-        passages=args.passages,
-        factory=args.factory,
-        batch_size=args.batch_size,
+    cfg = same_named(
+        IndexBuildConfig,
+        args,
         max_length=limit,
-        dtype=args.dtype,
-        on_error=args.on_error,
-        chunk_size=args.chunk_size,
         rank=rank,
         world_size=world,
         merge=world == 1 or torchrun,  # explicit --shard processes leave the merge to --merge-only
         wait=torchrun,
-        train_size=args.train_size,
-        nprobe=args.nprobe,
         show_progress=show,
     )
     result = build_index(cfg, encoder)

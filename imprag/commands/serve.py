@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from imprag.config_io import option
+from imprag.config_io import option, same_named
 from imprag.device import DEVICE_HELP, pick_device
 from imprag.errors import UserError
 from imprag.serve.config import ServeConfig
@@ -74,11 +74,12 @@ class Options:
 
 def config_from_args(args: Options) -> ServeConfig:
     """Each ServeConfig field is the flag of the same name."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)}
-    values["model_name"] = args.model_name or Path(args.model).resolve().name
-    if args.api_key is None:
-        values["api_key"] = os.environ.get("IMPRAG_API_KEY") or None
-    return ServeConfig(**values).validate()
+    return same_named(
+        ServeConfig,
+        args,
+        model_name=args.model_name or Path(args.model).resolve().name,
+        api_key=os.environ.get("IMPRAG_API_KEY") or None if args.api_key is None else args.api_key,
+    ).validate()
 
 
 def run(args: Options) -> int:
