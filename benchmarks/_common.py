@@ -25,15 +25,6 @@ def wiki_passages(n: int) -> list[dict]:
     return out
 
 
-def median_time(fn: Callable[[], object], repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 3) -> dict[str, float]:
     """Median seconds of each fn, runs interleaved so machine noise hits all alike."""
     for fn in fns.values():  # warm-up

@@ -227,10 +227,6 @@ for _t in TASKS.values():
         _ALIASES[_a.lower()] = _t.name
 
 
-def known_tasks() -> list[str]:
-    return list(TASKS)
-
-
 def get_task(name: str | TaskSpec) -> TaskSpec:
     """Registry name or alias (2wiki, structured_zeroshot, aidayago2, ...) -> TaskSpec; else UserError."""
     if isinstance(name, TaskSpec):

@@ -151,13 +151,3 @@ def generate_world(out_dir: str | Path, seed: int = 0, entities: int = DEFAULT_E
     log.info("world: %d passages, %d examples in %d tasks, %.1fs", len(passages),
              sum(sum(c.values()) for c in counts.values()), len(counts), time.perf_counter() - t0)  # fmt: skip
     return summary
-
-
-def load_summary(out_dir: str | Path) -> dict[str, Any]:
-    """world.json of a generated world (UserError when the folder holds no finished world)."""
-    path = Path(out_dir) / "world.json"
-    if not path.exists():
-        raise UserError(
-            f"{out_dir}: no world.json; generate one with `imprag world --seed 0 --out {out_dir}`"
-        )
-    return json.loads(path.read_text(encoding="utf-8"))

@@ -252,9 +252,6 @@ class World:
     seed: int
     entities: list[Entity]
 
-    def of_kind(self, kind: str) -> list[Entity]:
-        return [e for e in self.entities if e.kind == kind]
-
     def ref(self, e: Entity, rel: str) -> Entity:
         return self.entities[e.refs[rel]]
 

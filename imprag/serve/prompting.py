@@ -52,9 +52,6 @@ class ChatFormatter:
             )
         self.rule = ("tokenizer" if has_template else "lines") if choice == "auto" else choice
 
-    def describe(self) -> str:
-        return self.rule if self.rule in CHOICES else f"template {self.rule!r}"
-
     def __call__(self, messages: Sequence[dict[str, Any]]) -> str:
         msgs = [{"role": m["role"], "content": message_text(m.get("content"))} for m in messages]
         if self.rule == "lines":

@@ -13,8 +13,6 @@ from typing import Literal
 from imprag.config_io import option
 from imprag.errors import UserError
 
-OBJECTIVES = ("nce", "distill", "lm")
-
 
 @dataclass
 class ModelConfig:
