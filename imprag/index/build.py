@@ -354,16 +354,7 @@ def merge(
     out = Path(out)
     t0 = time.perf_counter()
     build = read_build(out)
-    shard_dir = out / SHARD_DIR
-    n_chunks = num_chunks(int(build["passages"]["lines"]), int(build["chunk_size"]))
-    loaded = [load_shard(shard_dir, c, build["key"]) for c in range(n_chunks)]
-    missing = [c for c, s in enumerate(loaded) if s is None]
-    if missing:
-        raise UserError(
-            f"{out}: {len(missing)} of {n_chunks} chunks are not embedded yet (chunk {_fmt_chunks(missing)}); "
-            "run the embedding command(s) again to finish them, then merge"
-        )
-    shards: list[Shard] = [s for s in loaded if s is not None]
+    shards = _finished_shards(out, build)
     corpus = CorpusInfo.from_json(build["passages"])
     passages_path = _check_passages(passages, corpus)
 
@@ -409,16 +400,7 @@ def merge(
 
     index = build_faiss(plan, dim, n, gather, blocks, show_progress)
 
-    # offsets.npy streamed into a temp memmap, then renamed: never the whole array twice in memory
-    tmp = out / f".{OFFSETS_FILE}.tmp.npy"
-    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int64, shape=(n, 2))
-    for i, s in enumerate(shards):
-        arr[starts[i] : starts[i + 1]] = s.offsets()
-    arr.flush()
-    del arr
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, out / OFFSETS_FILE)
+    _write_offsets(out / OFFSETS_FILE, shards, starts)
     atomic_write_index(index, out / INDEX_FILE)
 
     skipped = [dict(row) for s in shards for row in s.manifest.get("skipped", [])]
@@ -461,6 +443,33 @@ def merge(
     atomic_write_json(out / METADATA_FILE, meta)
     log.info("index complete: %d passages, dim %d, %s -> %s", n, dim, plan.effective, out)
     return meta
+
+
+def _finished_shards(out: Path, build: dict[str, Any]) -> list[Shard]:
+    """Every chunk's shard, in order; UserError naming the chunks not embedded yet."""
+    n_chunks = num_chunks(int(build["passages"]["lines"]), int(build["chunk_size"]))
+    loaded = [load_shard(out / SHARD_DIR, c, build["key"]) for c in range(n_chunks)]
+    missing = [c for c, s in enumerate(loaded) if s is None]
+    if missing:
+        raise UserError(
+            f"{out}: {len(missing)} of {n_chunks} chunks are not embedded yet (chunk {_fmt_chunks(missing)}); "
+            "run the embedding command(s) again to finish them, then merge"
+        )
+    return [s for s in loaded if s is not None]
+
+
+def _write_offsets(path: Path, shards: list[Shard], starts: np.ndarray) -> None:
+    """(n, 2) int64 byte offsets of every row, streamed into a temp memmap then renamed: never the whole
+    array twice in memory, never a half-written file at `path`."""
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int64, shape=(int(starts[-1]), 2))
+    for i, s in enumerate(shards):
+        arr[starts[i] : starts[i + 1]] = s.offsets()
+    arr.flush()
+    del arr
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _check_passages(passages: Path | None, corpus: CorpusInfo) -> Path:
