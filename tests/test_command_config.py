@@ -94,3 +94,17 @@ def test_missing_file_and_required_flags_still_named(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         "imprag ask: error: --index: required but missing (`--help` lists the flags)"
     )
+
+
+def test_same_named_copies_options_by_field_name_and_given_values_win():
+    from pathlib import Path
+
+    from imprag.commands.index import Options
+    from imprag.config_io import same_named
+    from imprag.index.build import IndexBuildConfig
+
+    options = Options(out=Path("idx"), factory="HNSW32", batch_size=7, nprobe=3)
+    cfg = same_named(IndexBuildConfig, options, batch_size=9)
+    # copied, given (wins over options), and absent from Options (IndexBuildConfig's default)
+    assert (cfg.out, cfg.factory, cfg.nprobe) == (Path("idx"), "HNSW32", 3)
+    assert cfg.batch_size == 9 and cfg.poll_seconds == IndexBuildConfig(out=Path("x")).poll_seconds
