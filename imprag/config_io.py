@@ -145,13 +145,9 @@ def _build(cls: type[T], data: Mapping[str, Any], name: Callable[[str], str]) ->
 
 def to_dict(obj: Any) -> Any:
     """A dataclass tree -> plain dicts/lists/strings (field order kept)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, list | tuple):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return str(obj) if isinstance(obj, Path) else obj
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(type(obj)).dump_python(obj, mode="json")
 
 
 def same_named(cls: type[T], options: Any, **values: Any) -> T:
