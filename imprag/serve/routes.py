@@ -146,23 +146,13 @@ async def chat(request: Request, service: ServiceDep) -> Any:
     if req.stream:
         chunk_head = {**head, "object": "chat.completion.chunk"}
 
-        def delta(i: int, text: str, finish: str | None) -> dict[str, Any]:
-            return {
-                "index": i,
-                "delta": {"content": text} if text else {},
-                "logprobs": None,
-                "finish_reason": finish,
-            }
+        def delta(i: int, text: str, finish: str | None, first: bool = False) -> dict[str, Any]:
+            change = {"role": "assistant", "content": ""} if first else {"content": text} if text else {}
+            return {"index": i, "delta": change, "logprobs": None, "finish_reason": finish}
 
-        def first(i: int) -> dict[str, Any]:
-            return {
-                "index": i,
-                "delta": {"role": "assistant", "content": ""},
-                "logprobs": None,
-                "finish_reason": None,
-            }
-
-        return stream_response(service, jobs, queue, chunk_head, delta, first, req)
+        return stream_response(
+            service, jobs, queue, chunk_head, delta, lambda i: delta(i, "", None, True), req
+        )
     (r,) = await service.results(jobs, queue)
     return {
         **head,

@@ -251,19 +251,9 @@ def failure(error: BaseException) -> APIError:
 def retrieval_entries(
     index: int, passages: list[dict[str, Any]], with_text: bool = False
 ) -> list[dict[str, Any]]:
-    out = []
-    for rank, p in enumerate(passages, start=1):
-        entry = {
-            "index": index,
-            "rank": rank,
-            "id": p.get("id"),
-            "title": p.get("title"),
-            "score": p.get("score"),
-        }
-        if with_text:
-            entry["text"] = p.get("text")
-        out.append(entry)
-    return out
+    """The `retrieval` entries of choice `index`: its passages best first, ranked from 1."""
+    keys = ("id", "title", "score", "text") if with_text else ("id", "title", "score")
+    return [{"index": index, "rank": r, **{k: p.get(k) for k in keys}} for r, p in enumerate(passages, 1)]
 
 
 def usage(prompt: int, completion: int) -> dict[str, int]:
