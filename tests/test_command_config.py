@@ -20,7 +20,7 @@ MINIMAL = {
     "report": ["run1", "--out", "rep"],
     "ask": ["q", "--model", "m", "--index", "idx"],
     "serve": ["--model", "m", "--index", "idx"],
-    "world": [],
+    "world": ["--out", "w"],
     "demo": [],
     "train": ["--model.path", "m"],
 }
