@@ -10,6 +10,7 @@ from imprag.errors import UserError
 if TYPE_CHECKING:
     import torch
 
+THREADS_HELP = "torch CPU threads (default: torch's choice; 1 is often fastest for small models on busy CPUs)"
 DEVICE_HELP = "torch device: auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda or cuda:N"
 
 
@@ -29,3 +30,14 @@ def pick_device(name: str = "auto", local_rank: int | None = None) -> torch.devi
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     return device
+
+
+def set_threads(threads: int | None) -> None:
+    """--threads N: torch's CPU threads (None: torch's choice)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise UserError(f"--threads {threads}: must be at least 1")
+    import torch
+
+    torch.set_num_threads(threads)

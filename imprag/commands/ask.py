@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imprag.config_io import option
-from imprag.device import DEVICE_HELP, pick_device
+from imprag.device import DEVICE_HELP, THREADS_HELP, pick_device, set_threads
 from imprag.errors import UserError
 from imprag.model.window import context_window, prompt_budget
 
@@ -42,9 +42,7 @@ class Options:
     width: int = option(100, "characters per passage text line")
     passages: Path | None = option(None, "the passages file, if it moved since indexing")
     allow_fingerprint_mismatch: bool = option(False, "use an index built by other weights anyway")
-    threads: int | None = option(
-        None, "torch CPU threads (default: torch's choice; 1 is often fastest for small models on busy CPUs)"
-    )
+    threads: int | None = option(None, THREADS_HELP)
     device: str = option("auto", DEVICE_HELP)
 
 
@@ -63,10 +61,7 @@ def run(args: Options) -> int:
         raise UserError(
             f"--temperature {args.temperature} --top-p {args.top_p}: need temperature >= 0 and 0 < top-p <= 1"
         )
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads {args.threads}: must be at least 1")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model = ImpRAG.from_pretrained(args.model, device=pick_device(args.device))
     k_model = model.config.k
     k = model.config.check_reads(k_model if args.k is None else args.k)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from imprag.config_io import option, same_named
-from imprag.device import DEVICE_HELP, pick_device
+from imprag.device import DEVICE_HELP, THREADS_HELP, pick_device, set_threads
 from imprag.errors import UserError
 from imprag.serve.config import ServeConfig
 
@@ -64,9 +64,7 @@ class Options:
     passages: Path | None = option(None, "the passages file, if it moved since indexing")
     allow_fingerprint_mismatch: bool = option(False, "serve an index built by other weights anyway")
     device: str = option("auto", DEVICE_HELP)
-    threads: int | None = option(
-        None, "torch CPU threads (default: torch's choice; 1 is often fastest for small models on busy CPUs)"
-    )
+    threads: int | None = option(None, THREADS_HELP)
     dtype: Literal["float32", "bfloat16", "float16"] | None = option(None, "weights' dtype (default float32)")
     shutdown_timeout: float = option(60.0, "seconds in-flight requests get to finish on SIGINT/SIGTERM")
     log_level: Literal["debug", "info", "warning", "error"] = option("info", "server log level")
@@ -91,12 +89,7 @@ def run(args: Options) -> int:
     config = config_from_args(args)
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: must be 0..65535")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads {args.threads}: must be at least 1")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model = ImpRAG.from_pretrained(args.model, dtype=args.dtype, device=pick_device(args.device))
     index = Index.load(
         args.index, model=model, allow_mismatch=args.allow_fingerprint_mismatch, passages=args.passages
