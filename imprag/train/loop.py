@@ -7,6 +7,7 @@ gradients are clipped, AdamW steps, the schedule advances. Only rank 0 writes (m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -147,21 +148,10 @@ class _Trainer:
     def _build_model(self, ckpt: Path | None, mixture: Mixture, passages: dict[str, str]) -> ImpRAG:
         mc, cfg = self.cfg.model, self.cfg
         path = Path(mc.path) if not (ckpt is not None and not cfg.lora.enabled) else ckpt / "model"
+        # every ModelConfig field but `path` is a from_pretrained argument (None: the checkpoint's or default)
+        overrides = {f.name: getattr(mc, f.name) for f in dataclasses.fields(mc) if f.name != "path"}
         # the first process loads alone first so a conversion/cache is not raced by the others
-        model = ImpRAG.from_pretrained(
-            path,
-            b=mc.b,
-            t=mc.t,
-            k=mc.k,
-            l_max=mc.l_max,
-            state=mc.state,
-            reader=mc.reader,
-            pooling=mc.pooling,
-            similarity=mc.similarity,
-            temperature=mc.temperature,
-            calibration=mc.calibration,
-            dtype=mc.dtype,
-        )
+        model = ImpRAG.from_pretrained(path, **overrides)
         model.lm.to(self.env.device)
         # before LoRA: it trains layer b's own weights (a LoRA checkpoint holds only adapters: redo it from
         # the cache on resume, deterministically)
