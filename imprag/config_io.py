@@ -249,7 +249,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
             extra["action"] = "append"
         elif _strip_optional(tp)[0] is bool:
             extra = (
-                {"nargs": "?", "const": "true"}
+                {"nargs": "?", "const": "true", "metavar": "true|false"}
                 if bool_takes_value
                 else {"action": "store_const", "const": "true"}
             )
