@@ -25,31 +25,23 @@ class Options(ScoringOptions):
     passages: str | None = option(
         None, "passages JSONL ({id, title, text}) to look up provenance text for answer recall"
     )
-    k: str = option("1,5,10", "comma-separated k for recall@k (default 1,5,10)")
+    k: list[int] = option(
+        help="recall@k for these k, comma-separated (default 1,5,10)", default_factory=lambda: [1, 5, 10]
+    )
     on_error: Literal["fail", "skip"] = option(
         "fail", "lines that are not valid JSON: stop (default) or skip"
     )
 
 
-def _parse_ks(text: str) -> list[int]:
-    try:
-        ks = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise UserError(
-            f"--k: expected comma-separated positive integers such as 1,5,10, got {text!r}"
-        ) from None
-    if not ks or ks[0] < 1:
-        raise UserError(f"--k: expected comma-separated positive integers such as 1,5,10, got {text!r}")
-    return ks
-
-
 def run(args: Options) -> int:
+    if not args.k or min(args.k) < 1:
+        raise UserError(f"--k: expected comma-separated positive integers such as 1,5,10, got {args.k}")
     result = score_files(
         args.predictions,
         args.gold,
         task=args.task,
         passages=args.passages,
-        ks=_parse_ks(args.k),
+        ks=sorted(set(args.k)),
         match=args.match,
         on_error=args.on_error,
         normalization=args.normalize,
