@@ -16,9 +16,9 @@ class Options:
 
 
 def run(args: Options) -> int:
-    from imprag.demo.world import DEFAULT_ENTITIES, check_entities, generate_world
+    from imprag.demo.world import DEFAULT_ENTITIES, generate_world
 
-    entities = check_entities(DEFAULT_ENTITIES if args.entities is None else args.entities)
+    entities = DEFAULT_ENTITIES if args.entities is None else args.entities  # generate_world checks it
     s = generate_world(args.out, seed=args.seed, entities=entities)
     examples = sum(sum(c.values()) for c in s.tasks.values())
     print(
