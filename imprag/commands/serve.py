@@ -76,7 +76,7 @@ def config_from_args(args: Options) -> ServeConfig:
         ServeConfig,
         args,
         model_name=args.model_name or Path(args.model).resolve().name,
-        api_key=os.environ.get("IMPRAG_API_KEY") or None if args.api_key is None else args.api_key,
+        api_key=args.api_key if args.api_key is not None else (os.environ.get("IMPRAG_API_KEY") or None),
     ).validate()
 
 
